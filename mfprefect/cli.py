@@ -1,0 +1,188 @@
+"""The standalone `mfprefect` command. Parses arguments, calls the library, renders, exits.
+
+It imports neither Metaflow nor Prefect at start-up: `validate`, `graph` and `--help` stay fast.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .errors import MfprefectError, UsageError
+
+MANIFEST_SUFFIXES = (".yaml", ".yml")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="mfprefect")
+def cli() -> None:
+    """Run Metaflow pipelines on Prefect through a reviewable pipeline manifest."""
+
+
+def manifest_files(paths: tuple[str, ...]) -> list[tuple[str, str]]:
+    """(path to open, name to show) for every manifest named, folders expanded to their YAML files."""
+    found: list[tuple[str, str]] = []
+    for given in paths:
+        path = Path(given)
+        if path.is_dir():
+            children = sorted(p for p in path.iterdir() if p.suffix in MANIFEST_SUFFIXES and p.is_file())
+            found += [(str(p), p.as_posix()) for p in children]
+        elif path.exists():
+            found.append((given, Path(given).as_posix()))
+        else:
+            raise UsageError(f"no such file or folder: {given}", hint="name manifest files or folders that hold them")
+    if not found:
+        raise UsageError("no manifests found in " + ", ".join(paths), hint="manifests end in .yaml or .yml")
+    return found
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, required=True)
+@click.option(
+    "--format", "fmt", type=click.Choice(["text", "json", "github"]), default="text", show_default=True,
+    help="text for people, json for tools, github for annotations on a pull request.",
+)
+def validate(paths: tuple[str, ...], fmt: str) -> None:
+    """Check manifests offline: schema and graph rules. Exit 0 valid, 1 invalid, 2 usage error."""
+    from .diagnostics import ERROR, render
+    from .manifest import check_file
+
+    diagnostics = []
+    files = manifest_files(paths)
+    for path, shown in files:
+        diagnostics += check_file(path, shown)[1]
+    errors = sum(d.severity == ERROR for d in diagnostics)
+    if fmt == "json":
+        click.echo(render(diagnostics, "json"))
+    elif diagnostics:
+        click.echo(render(diagnostics, fmt))
+    if fmt == "text":
+        warnings = len(diagnostics) - errors
+        if errors or warnings:
+            click.echo(f"{errors} error(s), {warnings} warning(s) in {len(files)} file(s)", err=True)
+        else:
+            names = ", ".join(shown for _, shown in files)
+            click.echo(f"{names}: valid" if len(files) == 1 else f"{len(files)} manifests valid", err=True)
+    sys.exit(1 if errors else 0)
+
+
+@cli.command()
+@click.argument("manifest")
+@click.option("--markdown", is_flag=True, help="Wrap the diagram in a ```mermaid fence.")
+def graph(manifest: str, markdown: bool) -> None:
+    """Print a Mermaid diagram of the manifest's steps."""
+    from . import mermaid
+    from .manifest import load
+
+    files = manifest_files((manifest,))
+    if len(files) != 1:
+        raise UsageError("graph takes one manifest file")
+    click.echo(mermaid.render(load(*files[0]), markdown=markdown), nl=False)
+
+
+@cli.command(context_settings={"ignore_unknown_options": False})
+@click.argument("flow_file")
+@click.option("-o", "--output", default="-", show_default=True, help="Manifest to write, or '-' for stdout.")
+@click.option("--check", is_flag=True, help="Write nothing; exit 1 if the manifest differs from what export would write.")
+@click.option("--name", default=None, help="Deployment name (default: the pipeline name).")
+@click.option("--work-pool", default=None, help="Prefect work pool the deployment runs on.")
+@click.option("--work-queue", default=None, help="Prefect work queue within the pool.")
+@click.option("--tag", "tags", multiple=True, help="Deployment tag (repeatable).")
+@click.option("--workflow-timeout", type=int, default=None, help="Flow-level timeout in seconds.")
+@click.option("--with", "with_", multiple=True, help="Metaflow decorator spec added to every step (repeatable).")
+@click.option("--branch", default=None, help="@project branch.")
+@click.option("--production", is_flag=True, help="@project production branch.")
+@click.option("--config", "configs", type=(str, str), multiple=True, help="NAME PATH: a config file (repeatable).")
+@click.option("--config-value", "config_values", type=(str, str), multiple=True, help="NAME JSON: a config value (repeatable).")
+@click.option("--environment", default=None, help="Metaflow environment type (local, conda, pypi, uv).")
+@click.option("--datastore", default=None, help="Metaflow datastore (local, s3, azure, gs).")
+@click.option("--datastore-root", default=None, help="Metaflow datastore root.")
+@click.option("--metadata", default=None, help="Metaflow metadata provider (local, service).")
+def export(flow_file: str, output: str, check: bool, **given: Any) -> None:
+    """Export FLOW_FILE's pipeline manifest (same as `python FLOW_FILE prefect export`)."""
+    if not Path(flow_file).is_file():
+        raise UsageError(f"no such flow file: {flow_file}")
+    command = [sys.executable, flow_file, "--quiet"] + metaflow_top_level_args(given)
+    command += ["prefect", "export", output] + export_args(given)
+    if check:
+        command.append("--check")
+    code = subprocess.call(command)
+    sys.exit(code if code in (0, 1, 2) else 1)
+
+
+def metaflow_top_level_args(given: dict[str, Any]) -> list[str]:
+    """Options that Metaflow takes before the subcommand."""
+    args: list[str] = []
+    for spec in given.pop("with_", ()):
+        args += ["--with", spec]
+    for option in ("environment", "datastore", "datastore_root", "metadata", "branch"):
+        value = given.pop(option, None)
+        if value is not None:
+            args += [f"--{option.replace('_', '-')}", value]
+    if given.pop("production", False):
+        args.append("--production")
+    for name, path in given.pop("configs", ()):
+        args += ["--config", name, path]
+    for name, value in given.pop("config_values", ()):
+        args += ["--config-value", name, value]
+    return args
+
+
+def export_args(given: dict[str, Any]) -> list[str]:
+    """Options of `prefect export` itself."""
+    args: list[str] = []
+    for option in ("name", "work_pool", "work_queue", "workflow_timeout"):
+        value = given.get(option)
+        if value is not None:
+            args += [f"--{option.replace('_', '-')}", str(value)]
+    for tag in given.get("tags", ()):
+        args += ["--tag", tag]
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: every mfprefect error becomes one line, a hint, and its exit code."""
+    try:
+        cli.main(args=argv, prog_name="mfprefect", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(2)
+    except click.exceptions.Abort:
+        click.echo("mfprefect: aborted", err=True)
+        sys.exit(3)
+    except MfprefectError as exc:
+        report(exc)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("mfprefect: interrupted", err=True)
+        sys.exit(3)
+    except Exception as exc:  # noqa: BLE001 - a bug of ours: still one line, never a traceback
+        click.echo(f"mfprefect: internal error: {type(exc).__name__}: {exc}", err=True)
+        click.echo("set MFPREFECT_DEBUG=1 for the traceback, and please report it", err=True)
+        if os.environ.get("MFPREFECT_DEBUG"):
+            raise
+        sys.exit(3)
+
+
+def report(exc: MfprefectError) -> None:
+    """Print an error as one line plus what to do; manifest errors also list their diagnostics."""
+    from .errors import ManifestError
+
+    if isinstance(exc, ManifestError) and exc.diagnostics:
+        from .diagnostics import render
+
+        click.echo(render(exc.diagnostics, "text"), err=True)
+    click.echo(f"mfprefect: error: {exc.message}", err=True)
+    if exc.hint:
+        click.echo(exc.hint, err=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,79 @@
+"""Diagnostics: one problem in a manifest, with where it is, and the three ways we print them."""
+
+from __future__ import annotations
+
+import difflib
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+
+ERROR = "error"
+WARNING = "warning"
+
+
+@dataclass(frozen=True, order=True)
+class Diagnostic:
+    """One problem: `file:line:col: severity[rule] path: message`."""
+
+    file: str
+    line: int
+    col: int
+    severity: str
+    rule: str
+    path: str
+    message: str
+
+    def text(self) -> str:
+        """The one-line form people and editors read."""
+        where = f" {self.path}:" if self.path else ""
+        return f"{self.file}:{self.line}:{self.col}: {self.severity}[{self.rule}]{where} {self.message}"
+
+    def github(self) -> str:
+        """A GitHub Actions workflow command, so the problem shows on the pull request's diff."""
+        level = "error" if self.severity == ERROR else "warning"
+        body = f"{self.path}: {self.message}" if self.path else self.message
+        return (
+            f"::{level} file={_gh_prop(self.file)},line={self.line},col={self.col},"
+            f"title={_gh_prop(self.rule)}::{_gh_data(body)}"
+        )
+
+
+def did_you_mean(word: str, candidates: Iterable[str]) -> str:
+    """A ` did you mean `x`?` suffix when a candidate is close to `word`, else an empty string."""
+    matches = difflib.get_close_matches(word, sorted(set(candidates)), n=1, cutoff=0.6)
+    return f"; did you mean `{matches[0]}`?" if matches else ""
+
+
+def path_text(path: Sequence[str | int]) -> str:
+    """`steps.train.retries.times`, `triggers[0].event`: a path as people write it."""
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def render(diagnostics: Sequence[Diagnostic], fmt: str) -> str:
+    """All diagnostics in one of `text`, `json` or `github`."""
+    if fmt == "json":
+        errors = sum(d.severity == ERROR for d in diagnostics)
+        payload = {
+            "format_version": 1,
+            "valid": errors == 0,
+            "errors": errors,
+            "warnings": len(diagnostics) - errors,
+            "diagnostics": [asdict(d) for d in diagnostics],
+        }
+        return json.dumps(payload, indent=2, sort_keys=False)
+    lines = [d.github() if fmt == "github" else d.text() for d in diagnostics]
+    return "\n".join(lines)
+
+
+def _gh_data(value: str) -> str:
+    return value.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+
+def _gh_prop(value: str) -> str:
+    return _gh_data(value).replace(":", "%3A").replace(",", "%2C")

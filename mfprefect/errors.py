@@ -1,0 +1,43 @@
+"""The exceptions mfprefect raises; only the CLI turns them into process exits."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .diagnostics import Diagnostic
+
+
+class MfprefectError(Exception):
+    """Base of every error mfprefect reports to a user; `exit_code` is what the CLI exits with."""
+
+    exit_code = 3
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+
+class ManifestError(MfprefectError):
+    """A manifest (or a flow, at export) has problems; carries every diagnostic found."""
+
+    exit_code = 1
+
+    def __init__(
+        self, message: str, diagnostics: list[Diagnostic] | None = None, hint: str | None = None
+    ) -> None:
+        super().__init__(message, hint)
+        self.diagnostics = list(diagnostics or [])
+
+
+class UsageError(MfprefectError):
+    """The command was called wrongly (missing file, bad option value)."""
+
+    exit_code = 2
+
+
+class RuntimeFailure(MfprefectError):
+    """Something outside the manifest failed: a server, a step, a subprocess."""
+
+    exit_code = 3

@@ -1,0 +1,104 @@
+"""The `prefect` command group Metaflow adds to every flow: `python flow.py prefect export ...`."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from metaflow._vendor import click
+
+from . import document, export
+from .errors import MfprefectError
+
+
+@click.group()
+def cli() -> None:
+    pass
+
+
+@cli.group(help="Export, run and deploy this flow on Prefect with mfprefect.")
+@click.pass_obj
+def prefect(obj: Any) -> None:
+    obj.check(obj.graph, obj.flow, obj.environment, pylint=obj.pylint)
+
+
+@prefect.command(name="export", help="Write the flow's pipeline manifest (YAML) to MANIFEST, or '-' for stdout.")
+@click.argument("manifest", default="-")
+@click.option("--name", "deployment_name", default=None, help="Deployment name (default: the pipeline name).")
+@click.option("--work-pool", default=None, help="Prefect work pool the deployment runs on.")
+@click.option("--work-queue", default=None, help="Prefect work queue within the pool.")
+@click.option("--tag", "tags", multiple=True, help="Tag for the deployment and its runs (repeatable).")
+@click.option("--workflow-timeout", type=int, default=None, help="Flow-level timeout in seconds.")
+@click.option("--check", is_flag=True, help="Write nothing; exit 1 if MANIFEST differs from what export would write.")
+@click.pass_obj
+def export_command(obj: Any, manifest: str, check: bool, **given: Any) -> None:
+    try:
+        code = run_export(obj, manifest, check, **given)
+    except MfprefectError as exc:
+        click.secho(f"mfprefect: {exc.message}", fg="red", err=True)
+        if exc.hint:
+            click.echo(exc.hint, err=True)
+        sys.exit(exc.exit_code)
+    sys.exit(code)
+
+
+
+
+def run_export(
+    obj: Any,
+    manifest: str,
+    check: bool,
+    deployment_name: str | None,
+    work_pool: str | None,
+    work_queue: str | None,
+    tags: tuple[str, ...],
+    workflow_timeout: int | None,
+) -> int:
+    """Build the manifest and write it (or compare it, with --check); return the exit code."""
+    to_stdout = manifest == "-"
+    options = export.ExportOptions(
+        deployment_name=deployment_name,
+        work_pool=work_pool,
+        work_queue=work_queue,
+        tags=tuple(tags),
+        workflow_timeout=workflow_timeout,
+    )
+    data = export.build(obj, None if to_stdout else manifest, options)
+    overrides = {
+        f"deployment.{key}": value
+        for key, value in (
+            ("name", deployment_name),
+            ("work_pool", work_pool),
+            ("work_queue", work_queue),
+            ("tags", list(tags) if tags else None),
+            ("timeout_seconds", workflow_timeout),
+        )
+        if value is not None
+    }
+    target = None if to_stdout else Path(manifest)
+    existing = target.read_text(encoding="utf-8") if target is not None and target.is_file() else None
+    text = document.render_over(existing, data, overrides) if existing else document.render_new(data)
+    for note in options.notes:
+        click.echo(f"mfprefect: {note}", err=True)
+    if check:
+        if target is None:
+            click.echo("mfprefect: --check needs a manifest path, not '-'", err=True)
+            return 2
+        if existing == text:
+            click.echo(f"{manifest} is up to date")
+            return 0
+        click.echo(f"{manifest} is out of date: run `python {Path(sys.argv[0]).name} prefect export {manifest}`", err=True)
+        return 1
+    if target is None:
+        sys.stdout.write(text)
+        return 0
+    if existing == text:
+        click.echo(f"{manifest}: unchanged", err=True)
+        return 0
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(target)
+    click.echo(f"{manifest}: written", err=True)
+    return 0
