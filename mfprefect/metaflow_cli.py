@@ -8,8 +8,16 @@ from typing import Any
 
 from metaflow._vendor import click
 
+from metaflow.exception import MetaflowException
+
 from . import document, export
 from .errors import MfprefectError
+
+
+class UnsupportedFlow(MetaflowException):
+    headline = "mfprefect cannot run this flow"
+
+
 
 
 @click.group()
@@ -20,6 +28,9 @@ def cli() -> None:
 @cli.group(help="Export, run and deploy this flow on Prefect with mfprefect.")
 @click.pass_obj
 def prefect(obj: Any) -> None:
+    problems = export.unsupported(obj.flow, obj.graph)
+    if problems:
+        raise UnsupportedFlow("\n".join(problems))
     obj.check(obj.graph, obj.flow, obj.environment, pylint=obj.pylint)
 
 

@@ -1,0 +1,1 @@
+"""mfprefect: run Metaflow pipelines on Prefect through a reviewable pipeline manifest."""

@@ -1,0 +1,43 @@
+"""Shared fixtures: run real Metaflow commands in an isolated home and datastore."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+
+
+def flow_env(tmp: Path) -> dict[str, str]:
+    """An environment for Metaflow subprocesses: a known user, a private home and datastore."""
+    env = dict(os.environ)
+    env.setdefault("USER", "mfprefect-test")
+    env["METAFLOW_HOME"] = str(tmp / "mfhome")
+    env["METAFLOW_DATASTORE_SYSROOT_LOCAL"] = str(tmp / "datastore")
+    env.pop("METAFLOW_PROFILE", None)
+    return env
+
+
+@pytest.fixture
+def metaflow_env(tmp_path: Path) -> dict[str, str]:
+    return flow_env(tmp_path)
+
+
+def run(args: list[str], env: dict[str, str], cwd: Path | str | None = None, timeout: int = 120) -> subprocess.CompletedProcess[str]:
+    """Run a command and capture its text output."""
+    return subprocess.run(args, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+def flow_cli(flow: Path | str, *args: str, env: dict[str, str], cwd: Path | str | None = None) -> subprocess.CompletedProcess[str]:
+    """`python FLOW --no-pylint --quiet ARGS...` (top-level options go in ARGS before the command)."""
+    return run([sys.executable, str(flow), "--no-pylint", "--quiet", *args], env=env, cwd=cwd)
+
+
+def mfprefect(*args: str, env: dict[str, str], cwd: Path | str | None = None) -> subprocess.CompletedProcess[str]:
+    """The installed `mfprefect` command, as a real process."""
+    return run([sys.executable, "-m", "mfprefect.cli", *args], env=env, cwd=cwd)
