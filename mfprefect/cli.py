@@ -30,21 +30,32 @@ def manifest_files(paths: tuple[str, ...]) -> list[tuple[str, str]]:
     for given in paths:
         path = Path(given)
         if path.is_dir():
-            children = sorted(p for p in path.iterdir() if p.suffix in MANIFEST_SUFFIXES and p.is_file())
+            children = sorted(
+                p for p in path.iterdir() if p.suffix in MANIFEST_SUFFIXES and p.is_file()
+            )
             found += [(str(p), p.as_posix()) for p in children]
         elif path.exists():
             found.append((given, Path(given).as_posix()))
         else:
-            raise UsageError(f"no such file or folder: {given}", hint="name manifest files or folders that hold them")
+            raise UsageError(
+                f"no such file or folder: {given}",
+                hint="name manifest files or folders that hold them",
+            )
     if not found:
-        raise UsageError("no manifests found in " + ", ".join(paths), hint="manifests end in .yaml or .yml")
+        raise UsageError(
+            "no manifests found in " + ", ".join(paths), hint="manifests end in .yaml or .yml"
+        )
     return found
 
 
 @cli.command()
 @click.argument("paths", nargs=-1, required=True)
 @click.option(
-    "--format", "fmt", type=click.Choice(["text", "json", "github"]), default="text", show_default=True,
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json", "github"]),
+    default="text",
+    show_default=True,
     help="text for people, json for tools, github for annotations on a pull request.",
 )
 def validate(paths: tuple[str, ...], fmt: str) -> None:
@@ -64,10 +75,14 @@ def validate(paths: tuple[str, ...], fmt: str) -> None:
     if fmt == "text":
         warnings = len(diagnostics) - errors
         if errors or warnings:
-            click.echo(f"{errors} error(s), {warnings} warning(s) in {len(files)} file(s)", err=True)
+            click.echo(
+                f"{errors} error(s), {warnings} warning(s) in {len(files)} file(s)", err=True
+            )
         else:
             names = ", ".join(shown for _, shown in files)
-            click.echo(f"{names}: valid" if len(files) == 1 else f"{len(files)} manifests valid", err=True)
+            click.echo(
+                f"{names}: valid" if len(files) == 1 else f"{len(files)} manifests valid", err=True
+            )
     sys.exit(1 if errors else 0)
 
 
@@ -87,19 +102,44 @@ def graph(manifest: str, markdown: bool) -> None:
 
 @cli.command(context_settings={"ignore_unknown_options": False})
 @click.argument("flow_file")
-@click.option("-o", "--output", default="-", show_default=True, help="Manifest to write, or '-' for stdout.")
-@click.option("--check", is_flag=True, help="Write nothing; exit 1 if the manifest differs from what export would write.")
+@click.option(
+    "-o", "--output", default="-", show_default=True, help="Manifest to write, or '-' for stdout."
+)
+@click.option(
+    "--check",
+    is_flag=True,
+    help="Write nothing; exit 1 if the manifest differs from what export would write.",
+)
 @click.option("--name", default=None, help="Deployment name (default: the pipeline name).")
 @click.option("--work-pool", default=None, help="Prefect work pool the deployment runs on.")
 @click.option("--work-queue", default=None, help="Prefect work queue within the pool.")
 @click.option("--tag", "tags", multiple=True, help="Deployment tag (repeatable).")
 @click.option("--workflow-timeout", type=int, default=None, help="Flow-level timeout in seconds.")
-@click.option("--with", "with_", multiple=True, help="Metaflow decorator spec added to every step (repeatable).")
+@click.option(
+    "--with",
+    "with_",
+    multiple=True,
+    help="Metaflow decorator spec added to every step (repeatable).",
+)
 @click.option("--branch", default=None, help="@project branch.")
 @click.option("--production", is_flag=True, help="@project production branch.")
-@click.option("--config", "configs", type=(str, str), multiple=True, help="NAME PATH: a config file (repeatable).")
-@click.option("--config-value", "config_values", type=(str, str), multiple=True, help="NAME JSON: a config value (repeatable).")
-@click.option("--environment", default=None, help="Metaflow environment type (local, conda, pypi, uv).")
+@click.option(
+    "--config",
+    "configs",
+    type=(str, str),
+    multiple=True,
+    help="NAME PATH: a config file (repeatable).",
+)
+@click.option(
+    "--config-value",
+    "config_values",
+    type=(str, str),
+    multiple=True,
+    help="NAME JSON: a config value (repeatable).",
+)
+@click.option(
+    "--environment", default=None, help="Metaflow environment type (local, conda, pypi, uv)."
+)
 @click.option("--datastore", default=None, help="Metaflow datastore (local, s3, azure, gs).")
 @click.option("--datastore-root", default=None, help="Metaflow datastore root.")
 @click.option("--metadata", default=None, help="Metaflow metadata provider (local, service).")

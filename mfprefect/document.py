@@ -19,8 +19,17 @@ from ruamel.yaml.scalarstring import LiteralScalarString
 from .errors import UsageError
 
 TOP_LEVEL_ORDER = (
-    "apiVersion", "kind", "metadata", "flow", "parameters", "configs", "steps",
-    "schedule", "triggers", "deployment", "runtime",
+    "apiVersion",
+    "kind",
+    "metadata",
+    "flow",
+    "parameters",
+    "configs",
+    "steps",
+    "schedule",
+    "triggers",
+    "deployment",
+    "runtime",
 )
 # Rewritten on every export: what the flow's code determines.
 CODE_DERIVED = ("apiVersion", "kind", "flow", "parameters", "configs", "steps", "triggers")
@@ -83,7 +92,10 @@ def render_over(existing_text: str, data: Mapping[str, Any], overrides: Mapping[
             hint="fix it or move it away, then export again",
         ) from None
     if not isinstance(existing, CommentedMap):
-        raise UsageError("the existing file is not a manifest (not a YAML mapping)", hint="move it away and export again")
+        raise UsageError(
+            "the existing file is not a manifest (not a YAML mapping)",
+            hint="move it away and export again",
+        )
     desired = styled(data)
     for key in TOP_LEVEL_ORDER:
         if key not in desired:
@@ -92,7 +104,9 @@ def render_over(existing_text: str, data: Mapping[str, Any], overrides: Mapping[
             _set(existing, key, desired[key], desired)
         elif key == "schedule" and data.get("schedule") is not None:
             _set(existing, key, desired[key], desired)  # @schedule in the code wins over the file
-        elif key in ("metadata", "deployment", "runtime") and isinstance(existing[key], CommentedMap):
+        elif key in ("metadata", "deployment", "runtime") and isinstance(
+            existing[key], CommentedMap
+        ):
             for sub, value in desired[key].items():
                 if sub not in existing[key]:
                     _set(existing[key], sub, value, desired[key])
@@ -134,7 +148,7 @@ def _same(a: Any, b: Any) -> bool:
     if isinstance(a, Mapping) and isinstance(b, Mapping):
         return list(a) == list(b) and all(_same(a[k], b[k]) for k in a)
     if isinstance(a, list) and isinstance(b, list):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
     if a != b:
         return False
     return type(a) is type(b) or (isinstance(a, str) and isinstance(b, str))

@@ -36,7 +36,9 @@ UNSUPPORTED_FLOW_DECORATORS = {
 DEFAULT_PARALLELISM = 16
 # Names that usually hold credentials: if such a variable's value is the exporter's own environment
 # value, the manifest refers to the variable instead of copying the secret into the file.
-SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|API_?KEY|ACCESS_?KEY|PRIVATE_?KEY|CREDENTIAL", re.I)
+SECRET_NAME = re.compile(
+    r"TOKEN|SECRET|PASSWORD|PASSWD|API_?KEY|ACCESS_?KEY|PRIVATE_?KEY|CREDENTIAL", re.I
+)
 
 _NODE_KINDS = {
     "start": "linear",
@@ -114,7 +116,9 @@ def build(obj: Any, manifest_path: str | None, options: ExportOptions) -> dict[s
             "metadata": obj.metadata.TYPE,
             "datastore": obj.flow_datastore.TYPE,
             # A local root is a path on the exporter's machine: leave it to be resolved where it runs.
-            "datastore_root": None if obj.flow_datastore.TYPE == "local" else obj.flow_datastore.datastore_root,
+            "datastore_root": None
+            if obj.flow_datastore.TYPE == "local"
+            else obj.flow_datastore.datastore_root,
             "environment": obj.environment.TYPE,
         },
     }
@@ -132,7 +136,9 @@ def unsupported(flow: Any, graph: Any) -> list[str]:
             if reason:
                 lines.append(f"step `{step.name}`: {reason}")
         if step.parallel_foreach:
-            lines.append(f"step `{step.name}`: self.next(..., num_parallel=...) needs gang scheduling, which mfprefect does not run")
+            lines.append(
+                f"step `{step.name}`: self.next(..., num_parallel=...) needs gang scheduling, which mfprefect does not run"
+            )
     for name, reason in UNSUPPORTED_FLOW_DECORATORS.items():
         if flow._flow_decorators.get(name):
             lines.append(f"flow `{graph.name}`: {reason}")
@@ -140,7 +146,9 @@ def unsupported(flow: Any, graph: Any) -> list[str]:
         if getattr(param, "IS_CONFIG_PARAMETER", False):
             continue
         if type(param).__name__ == "IncludeFile":
-            lines.append(f"parameter `{param.name}`: IncludeFile is not supported yet; pass a path as a str parameter")
+            lines.append(
+                f"parameter `{param.name}`: IncludeFile is not supported yet; pass a path as a str parameter"
+            )
     return lines
 
 
@@ -180,13 +188,16 @@ def _step(node: Any, options: ExportOptions) -> dict[str, Any]:
     if "timeout" in decos:
         out["timeout_seconds"] = int(decos["timeout"].secs)
     if "environment" in decos:
-        out["environment"] = _environment(node.name, decos["environment"].attributes.get("vars") or {}, options)
+        out["environment"] = _environment(
+            node.name, decos["environment"].attributes.get("vars") or {}, options
+        )
     if "resources" in decos:
         attrs = decos["resources"].attributes
         out["resources"] = {
             key: _number(attrs[key]) if key == "cpu" else int(_number(attrs[key]))
             for key in ("cpu", "memory", "gpu", "disk")
-            if attrs.get(key) not in (None, "", 0, "0") or (key == "gpu" and attrs.get(key) in (0, "0"))
+            if attrs.get(key) not in (None, "", 0, "0")
+            or (key == "gpu" and attrs.get(key) in (0, "0"))
         }
     dynamic = [
         deco.make_decorator_spec()
@@ -249,7 +260,9 @@ def _parameters(flow: Any) -> dict[str, Any]:
             try:
                 default = json.loads(default)
             except ValueError as exc:
-                raise ManifestError(f"parameter `{param.name}`: default is not valid JSON ({exc})") from None
+                raise ManifestError(
+                    f"parameter `{param.name}`: default is not valid JSON ({exc})"
+                ) from None
         elif kind == "float" and isinstance(default, int) and not isinstance(default, bool):
             default = float(default)
         out[param.name] = {
@@ -291,11 +304,11 @@ def _project(flow: Any) -> dict[str, Any] | None:
     from metaflow import current
 
     return {
-        "name": current.project_name,
+        "name": current.get("project_name"),
         # A user branch is `user.<who exported>`: not something a shared, reviewed file may hold.
         # null means "the user branch of whoever runs it".
-        "branch": None if current.is_user_branch else current.branch_name,
-        "production": bool(current.is_production),
+        "branch": None if current.get("is_user_branch") else current.get("branch_name"),
+        "production": bool(current.get("is_production")),
     }
 
 
@@ -311,7 +324,9 @@ def _triggers(flow: Any) -> list[dict[str, Any]]:
     from metaflow import current
 
     out: list[dict[str, Any]] = []
-    parameter_names = [p.name for _, p in flow._get_parameters() if not getattr(p, "IS_CONFIG_PARAMETER", False)]
+    parameter_names = [
+        p.name for _, p in flow._get_parameters() if not getattr(p, "IS_CONFIG_PARAMETER", False)
+    ]
     for deco in flow._flow_decorators.get("trigger") or []:
         deco.format_deploytime_value()
         events = list(deco.triggers)
@@ -329,5 +344,12 @@ def _triggers(flow: Any) -> list[dict[str, Any]]:
             branch = trig.get("branch") or (
                 None if current.get("is_user_branch") else current.get("branch_name")
             )
-            out.append({"kind": "flow_finished", "flow": trig["flow"], "project": project, "branch": branch if project else None})
+            out.append(
+                {
+                    "kind": "flow_finished",
+                    "flow": trig["flow"],
+                    "project": project,
+                    "branch": branch if project else None,
+                }
+            )
     return out

@@ -226,7 +226,9 @@ def from_data(data: dict[str, Any], path: str | None = None) -> Manifest:
         flow_file=flow["file"],
         flow_sha256=flow["sha256"],
         description=flow.get("description"),
-        project=Project(project["name"], project["branch"], project["production"]) if project else None,
+        project=Project(project["name"], project["branch"], project["production"])
+        if project
+        else None,
         parameters={
             name: ParameterSpec(name, p["type"], p["default"], p["required"], p.get("help"))
             for name, p in data["parameters"].items()
@@ -247,7 +249,10 @@ def from_data(data: dict[str, Any], path: str | None = None) -> Manifest:
             environment={k: _env_value(v) for k, v in deployment["environment"].items()},
         ),
         runtime=RuntimeSettings(
-            runtime["metadata"], runtime["datastore"], runtime["datastore_root"], runtime["environment"]
+            runtime["metadata"],
+            runtime["datastore"],
+            runtime["datastore_root"],
+            runtime["environment"],
         ),
         path=path,
     )
@@ -270,7 +275,9 @@ def load(path: str, display: str | None = None) -> Manifest:
     return from_data(doc.data, path)
 
 
-def check_file(path: str, display: str | None = None) -> tuple[yamlsafe.Document | None, list[Diagnostic]]:
+def check_file(
+    path: str, display: str | None = None
+) -> tuple[yamlsafe.Document | None, list[Diagnostic]]:
     """Every diagnostic for one manifest file (the document too, when it could be parsed)."""
     try:
         doc = yamlsafe.load(path, display)
@@ -282,11 +289,15 @@ def check_file(path: str, display: str | None = None) -> tuple[yamlsafe.Document
     return doc, sorted(set(diagnostics))
 
 
-def check_text(text: str | bytes, file: str = "<manifest>") -> tuple[yamlsafe.Document | None, list[Diagnostic]]:
+def check_text(
+    text: str | bytes, file: str = "<manifest>"
+) -> tuple[yamlsafe.Document | None, list[Diagnostic]]:
     """Every diagnostic for manifest text (no flow-file checks: there is no folder to look in)."""
     blob = text.encode("utf-8") if isinstance(text, str) else text
     if len(blob) > yamlsafe.MAX_BYTES:
-        return None, [Diagnostic(file, 1, 1, ERROR, "file.size", "", "text is larger than a manifest can be")]
+        return None, [
+            Diagnostic(file, 1, 1, ERROR, "file.size", "", "text is larger than a manifest can be")
+        ]
     try:
         doc = yamlsafe.parse(blob, file)
     except yamlsafe.LoadError as exc:
@@ -307,11 +318,19 @@ def _flow_file_warnings(doc: yamlsafe.Document, folder: Path) -> list[Diagnostic
     flow = doc.data["flow"]
     target = folder / flow["file"]
     if not target.is_file():
-        return [doc.diagnostic(("flow", "file"), "flow.missing", f"flow file `{flow['file']}` not found beside the manifest", severity=WARNING)]
+        return [
+            doc.diagnostic(
+                ("flow", "file"),
+                "flow.missing",
+                f"flow file `{flow['file']}` not found beside the manifest",
+                severity=WARNING,
+            )
+        ]
     if file_sha256(target) != flow["sha256"]:
         return [
             doc.diagnostic(
-                ("flow", "sha256"), "flow.stale",
+                ("flow", "sha256"),
+                "flow.stale",
                 f"`{flow['file']}` changed since this manifest was exported; run `mfprefect export` again",
                 severity=WARNING,
             )
@@ -348,7 +367,11 @@ def _validator() -> Any:
 def validate_document(doc: yamlsafe.Document) -> list[Diagnostic]:
     """Schema and rule diagnostics for a parsed document."""
     if not isinstance(doc.data, dict):
-        return [doc.diagnostic((), "schema.type", "a manifest is a mapping (`apiVersion: mfprefect/v1`, ...)")]
+        return [
+            doc.diagnostic(
+                (), "schema.type", "a manifest is a mapping (`apiVersion: mfprefect/v1`, ...)"
+            )
+        ]
     diagnostics = list(_schema_diagnostics(doc))
     diagnostics += _rule_diagnostics(doc)
     return diagnostics
@@ -425,28 +448,46 @@ def _map_error(doc: yamlsafe.Document, error: Any) -> Iterator[Diagnostic]:
         for key in instance:
             if key not in allowed:
                 yield doc.diagnostic(
-                    path + (key,), "schema.unknown-field",
+                    path + (key,),
+                    "schema.unknown-field",
                     f"unknown field `{key}`{did_you_mean(str(key), allowed)}"
-                    + ("" if did_you_mean(str(key), allowed) else f" (expected one of: {', '.join(allowed)})"),
+                    + (
+                        ""
+                        if did_you_mean(str(key), allowed)
+                        else f" (expected one of: {', '.join(allowed)})"
+                    ),
                     key=True,
                 )
         return
     if validator == "required" and isinstance(instance, dict):
         for name in error.validator_value:
             if name not in instance:
-                yield doc.diagnostic(path, "schema.required", f"missing required field `{name}`", key=True)
+                yield doc.diagnostic(
+                    path, "schema.required", f"missing required field `{name}`", key=True
+                )
         return
     if validator == "propertyNames":
         inner = error.context[0] if error.context else None
         key = inner.instance if inner is not None else instance
         yield doc.diagnostic(
-            path + (key,), "schema.name", f"`{key}` is not {_expected(sub.get('propertyNames', {}))}", key=True
+            path + (key,),
+            "schema.name",
+            f"`{key}` is not {_expected(sub.get('propertyNames', {}))}",
+            key=True,
         )
         return
     if validator in ("anyOf", "oneOf"):
         branches = [b for b in error.validator_value if isinstance(b, dict)]
-        same_type = [b for b in branches if _json_type(instance) == b.get("type") or (
-            b.get("type") == "number" and isinstance(instance, int) and not isinstance(instance, bool))]
+        same_type = [
+            b
+            for b in branches
+            if _json_type(instance) == b.get("type")
+            or (
+                b.get("type") == "number"
+                and isinstance(instance, int)
+                and not isinstance(instance, bool)
+            )
+        ]
         if len(same_type) == 1 and error.context:
             index = branches.index(same_type[0])
             inner_errors = [e for e in error.context if e.schema_path and e.schema_path[0] == index]
@@ -454,10 +495,14 @@ def _map_error(doc: yamlsafe.Document, error: Any) -> Iterator[Diagnostic]:
                 for inner in inner_errors:
                     yield from _map_error(doc, inner)
                 return
-        yield doc.diagnostic(path, "schema.type", f"expected {_expected(sub)}, got {_describe(instance)}")
+        yield doc.diagnostic(
+            path, "schema.type", f"expected {_expected(sub)}, got {_describe(instance)}"
+        )
         return
     if validator == "type":
-        yield doc.diagnostic(path, "schema.type", f"expected {_expected(sub)}, got {_describe(instance)}")
+        yield doc.diagnostic(
+            path, "schema.type", f"expected {_expected(sub)}, got {_describe(instance)}"
+        )
         return
     if validator == "enum":
         choices = [str(v) for v in error.validator_value]
@@ -467,24 +512,45 @@ def _map_error(doc: yamlsafe.Document, error: Any) -> Iterator[Diagnostic]:
         )
         return
     if validator == "const":
-        yield doc.diagnostic(path, "schema.const", f"must be `{error.validator_value}`, got {_describe(instance)}")
+        yield doc.diagnostic(
+            path, "schema.const", f"must be `{error.validator_value}`, got {_describe(instance)}"
+        )
         return
     if validator == "pattern":
-        yield doc.diagnostic(path, "schema.pattern", f"{_describe(instance)} is not {_expected(sub)}")
+        yield doc.diagnostic(
+            path, "schema.pattern", f"{_describe(instance)} is not {_expected(sub)}"
+        )
         return
     if validator in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
         words = {
-            "minimum": "at least", "maximum": "at most",
-            "exclusiveMinimum": "more than", "exclusiveMaximum": "less than",
+            "minimum": "at least",
+            "maximum": "at most",
+            "exclusiveMinimum": "more than",
+            "exclusiveMaximum": "less than",
         }
         yield doc.diagnostic(
-            path, "schema.range", f"{_describe(instance)} must be {words[validator]} {error.validator_value}"
+            path,
+            "schema.range",
+            f"{_describe(instance)} must be {words[validator]} {error.validator_value}",
         )
         return
-    if validator in ("maxLength", "minLength", "maxItems", "minItems", "maxProperties", "minProperties"):
+    if validator in (
+        "maxLength",
+        "minLength",
+        "maxItems",
+        "minItems",
+        "maxProperties",
+        "minProperties",
+    ):
         limit = error.validator_value
-        what = {"maxLength": "characters", "minLength": "characters", "maxItems": "items",
-                "minItems": "items", "maxProperties": "entries", "minProperties": "entries"}[validator]
+        what = {
+            "maxLength": "characters",
+            "minLength": "characters",
+            "maxItems": "items",
+            "minItems": "items",
+            "maxProperties": "entries",
+            "minProperties": "entries",
+        }[validator]
         bound = "at most" if validator.startswith("max") else "at least"
         yield doc.diagnostic(path, "schema.size", f"must have {bound} {limit} {what}")
         return
@@ -547,7 +613,9 @@ _KIND_FIELDS = {
 
 def _graph_rules(doc: yamlsafe.Document, steps: dict[str, Any]) -> list[Diagnostic]:
     out: list[Diagnostic] = []
-    well_formed = {n: s for n, s in steps.items() if isinstance(s, dict) and s.get("kind") in STEP_KINDS}
+    well_formed = {
+        n: s for n, s in steps.items() if isinstance(s, dict) and s.get("kind") in STEP_KINDS
+    }
     if not steps:
         return out
     names = list(steps)
@@ -558,20 +626,46 @@ def _graph_rules(doc: yamlsafe.Document, steps: dict[str, Any]) -> list[Diagnost
         here = ("steps", name)
         needed = _KIND_FIELDS[kind]
         for key in sorted(needed - set(raw)):
-            out.append(doc.diagnostic(here, "graph.kind", f"a `{kind}` step needs `{key}`", key=True))
+            out.append(
+                doc.diagnostic(here, "graph.kind", f"a `{kind}` step needs `{key}`", key=True)
+            )
         for key in ("next", "foreach", "condition", "cases"):
             if key in raw and key not in needed:
-                why = "the end step has no successor" if kind == "end" else f"`{key}` does not apply to a `{kind}` step"
+                why = (
+                    "the end step has no successor"
+                    if kind == "end"
+                    else f"`{key}` does not apply to a `{kind}` step"
+                )
                 out.append(doc.diagnostic(here + (key,), "graph.kind", why, key=True))
         nxt = _names(raw.get("next"))
         if kind in ("linear", "join", "foreach") and "next" in raw and len(nxt) != 1:
-            out.append(doc.diagnostic(here + ("next",), "graph.kind", f"a `{kind}` step has exactly one `next`, got {len(nxt)}"))
+            out.append(
+                doc.diagnostic(
+                    here + ("next",),
+                    "graph.kind",
+                    f"a `{kind}` step has exactly one `next`, got {len(nxt)}",
+                )
+            )
         if kind == "split" and "next" in raw and len(nxt) < 2:
-            out.append(doc.diagnostic(here + ("next",), "graph.kind", f"a split has at least two branches, got {len(nxt)}"))
+            out.append(
+                doc.diagnostic(
+                    here + ("next",),
+                    "graph.kind",
+                    f"a split has at least two branches, got {len(nxt)}",
+                )
+            )
         if len(set(nxt)) != len(nxt):
-            out.append(doc.diagnostic(here + ("next",), "graph.kind", "a step appears twice in `next`"))
+            out.append(
+                doc.diagnostic(here + ("next",), "graph.kind", "a step appears twice in `next`")
+            )
         if kind == "switch" and isinstance(raw.get("cases"), dict) and len(raw["cases"]) < 2:
-            out.append(doc.diagnostic(here + ("cases",), "graph.switch", f"a switch needs at least two cases, got {len(raw['cases'])}"))
+            out.append(
+                doc.diagnostic(
+                    here + ("cases",),
+                    "graph.switch",
+                    f"a switch needs at least two cases, got {len(raw['cases'])}",
+                )
+            )
 
     # Every edge points at a step.
     successors: dict[str, list[str]] = {}
@@ -581,25 +675,54 @@ def _graph_rules(doc: yamlsafe.Document, steps: dict[str, Any]) -> list[Diagnost
             if target in steps:
                 targets.append(target)
             else:
-                out.append(doc.diagnostic(("steps", name) + ref, "graph.next", f"no step named `{target}`{did_you_mean(target, names)}"))
+                out.append(
+                    doc.diagnostic(
+                        ("steps", name) + ref,
+                        "graph.next",
+                        f"no step named `{target}`{did_you_mean(target, names)}",
+                    )
+                )
         successors[name] = list(dict.fromkeys(targets))
     for name in steps:
         successors.setdefault(name, [])
 
     ends = [n for n, s in well_formed.items() if s["kind"] == "end"]
     if not ends and len(well_formed) == len(steps):
-        out.append(doc.diagnostic(("steps",), "graph.end", "no step has `kind: end`; a pipeline ends in exactly one end step"))
+        out.append(
+            doc.diagnostic(
+                ("steps",),
+                "graph.end",
+                "no step has `kind: end`; a pipeline ends in exactly one end step",
+            )
+        )
     for extra in ends[1:]:
-        out.append(doc.diagnostic(("steps", extra, "kind"), "graph.end", f"a second end step (the first is `{ends[0]}`)"))
+        out.append(
+            doc.diagnostic(
+                ("steps", extra, "kind"),
+                "graph.end",
+                f"a second end step (the first is `{ends[0]}`)",
+            )
+        )
 
     incoming = {t for n, ts in successors.items() for t in ts if t != n}
     roots = [n for n in names if n not in incoming]
     if not roots:
-        out.append(doc.diagnostic(("steps",), "graph.start", "every step has a predecessor, so there is no start step"))
+        out.append(
+            doc.diagnostic(
+                ("steps",), "graph.start", "every step has a predecessor, so there is no start step"
+            )
+        )
         return out
     start = roots[0]
     for other in roots[1:]:
-        out.append(doc.diagnostic(("steps", other), "graph.start", f"nothing leads to `{other}`: a pipeline has one start step (`{start}`)", key=True))
+        out.append(
+            doc.diagnostic(
+                ("steps", other),
+                "graph.start",
+                f"nothing leads to `{other}`: a pipeline has one start step (`{start}`)",
+                key=True,
+            )
+        )
 
     # Reachability and cycles, in one depth-first walk from the start.
     back_edges: set[tuple[str, str]] = set()
@@ -619,7 +742,13 @@ def _graph_rules(doc: yamlsafe.Document, steps: dict[str, Any]) -> list[Diagnost
             back_edges.add((node, child))
             kind = well_formed.get(node, {}).get("kind")
             if kind != "switch":
-                out.append(doc.diagnostic(("steps", node, "next"), "graph.cycle", f"`{node}` → `{child}` closes a cycle; only a switch case may loop back"))
+                out.append(
+                    doc.diagnostic(
+                        ("steps", node, "next"),
+                        "graph.cycle",
+                        f"`{node}` → `{child}` closes a cycle; only a switch case may loop back",
+                    )
+                )
             continue
         if child not in seen:
             seen.add(child)
@@ -627,7 +756,14 @@ def _graph_rules(doc: yamlsafe.Document, steps: dict[str, Any]) -> list[Diagnost
             stack.append((child, iter(successors[child])))
     for name in names:
         if name not in seen and name not in roots:
-            out.append(doc.diagnostic(("steps", name), "graph.reachable", f"`{name}` cannot be reached from the start step `{start}`", key=True))
+            out.append(
+                doc.diagnostic(
+                    ("steps", name),
+                    "graph.reachable",
+                    f"`{name}` cannot be reached from the start step `{start}`",
+                    key=True,
+                )
+            )
 
     if out or len(well_formed) != len(steps):
         return out  # split/join analysis needs a sound graph
@@ -669,21 +805,49 @@ def _split_join_rules(
         if kind == "join":
             tops = {context[p][-1] if context[p] else None for p in parents[node]}
             if None in tops:
-                out.append(doc.diagnostic(("steps", node, "kind"), "graph.join", f"join `{node}` has no split or foreach to close"))
+                out.append(
+                    doc.diagnostic(
+                        ("steps", node, "kind"),
+                        "graph.join",
+                        f"join `{node}` has no split or foreach to close",
+                    )
+                )
                 context[node] = ()
             elif len(tops) > 1:
                 listed = ", ".join(f"`{t}`" for t in sorted(t for t in tops if t))
-                out.append(doc.diagnostic(("steps", node, "kind"), "graph.join", f"join `{node}` merges branches of different splits ({listed})"))
+                out.append(
+                    doc.diagnostic(
+                        ("steps", node, "kind"),
+                        "graph.join",
+                        f"join `{node}` merges branches of different splits ({listed})",
+                    )
+                )
                 context[node] = context[parents[node][0]][:-1]
             else:
                 opener = tops.pop()
                 assert opener is not None
                 context[node] = context[parents[node][0]][:-1]
                 width = len(forward[opener]) if steps[opener]["kind"] == "split" else 1
-                if steps[opener]["kind"] == "split" and len(parents[node]) != width and not below_switch.get(node):
-                    out.append(doc.diagnostic(("steps", node, "kind"), "graph.join", f"join `{node}` closes split `{opener}` but receives {len(parents[node])} of its {width} branches"))
+                if (
+                    steps[opener]["kind"] == "split"
+                    and len(parents[node]) != width
+                    and not below_switch.get(node)
+                ):
+                    out.append(
+                        doc.diagnostic(
+                            ("steps", node, "kind"),
+                            "graph.join",
+                            f"join `{node}` closes split `{opener}` but receives {len(parents[node])} of its {width} branches",
+                        )
+                    )
         elif len(parents[node]) > 1 and not below_switch.get(node):
-            out.append(doc.diagnostic(("steps", node, "kind"), "graph.join", f"`{node}` has {len(parents[node])} inputs, so it must be a join (`kind: join`)"))
+            out.append(
+                doc.diagnostic(
+                    ("steps", node, "kind"),
+                    "graph.join",
+                    f"`{node}` has {len(parents[node])} inputs, so it must be a join (`kind: join`)",
+                )
+            )
         mine = context.get(node, ())
         for child in forward[node]:
             passed = mine + (node,) if kind in ("split", "foreach") else mine
@@ -691,16 +855,31 @@ def _split_join_rules(
                 continue  # computed from all its parents when reached
             if child in context and context[child] != passed and child not in reported:
                 reported.add(child)
-                out.append(doc.diagnostic(("steps", child), "graph.join", f"`{child}` is reached from inside and outside a split or foreach", key=True))
+                out.append(
+                    doc.diagnostic(
+                        ("steps", child),
+                        "graph.join",
+                        f"`{child}` is reached from inside and outside a split or foreach",
+                        key=True,
+                    )
+                )
             context.setdefault(child, passed)
     for name, raw in steps.items():
         if raw["kind"] == "end" and context.get(name):
             opener = context[name][-1]
-            out.append(doc.diagnostic(("steps", opener, "kind"), "graph.join", f"`{opener}` is never closed by a join before the end step `{name}`"))
+            out.append(
+                doc.diagnostic(
+                    ("steps", opener, "kind"),
+                    "graph.join",
+                    f"`{opener}` is never closed by a join before the end step `{name}`",
+                )
+            )
     return out
 
 
-def _below_switch(steps: dict[str, dict[str, Any]], forward: dict[str, list[str]], order: list[str]) -> dict[str, bool]:
+def _below_switch(
+    steps: dict[str, dict[str, Any]], forward: dict[str, list[str]], order: list[str]
+) -> dict[str, bool]:
     """Which steps a switch can reach: there, several inputs mean 'one of these branches ran'."""
     reached: dict[str, bool] = {}
     for node in order:
@@ -719,7 +898,14 @@ def _parameter_rules(doc: yamlsafe.Document, parameters: dict[str, Any]) -> list
             continue
         key = name.lower().replace("-", "_")
         if key in lowered:
-            out.append(doc.diagnostic(("parameters", name), "parameters.name", f"`{name}` clashes with `{lowered[key]}` (Metaflow compares parameter names ignoring case and `-`/`_`)", key=True))
+            out.append(
+                doc.diagnostic(
+                    ("parameters", name),
+                    "parameters.name",
+                    f"`{name}` clashes with `{lowered[key]}` (Metaflow compares parameter names ignoring case and `-`/`_`)",
+                    key=True,
+                )
+            )
         lowered.setdefault(key, name)
         kind = raw.get("type")
         if "default" not in raw or kind not in PARAMETER_TYPES:
@@ -735,7 +921,13 @@ def _parameter_rules(doc: yamlsafe.Document, parameters: dict[str, Any]) -> list
             "json": True,
         }[kind]
         if not ok:
-            out.append(doc.diagnostic(("parameters", name, "default"), "parameters.default", f"default {_describe(default)} is not a `{kind}`"))
+            out.append(
+                doc.diagnostic(
+                    ("parameters", name, "default"),
+                    "parameters.default",
+                    f"default {_describe(default)} is not a `{kind}`",
+                )
+            )
     return out
 
 
@@ -756,7 +948,9 @@ def _schedule_rules(doc: yamlsafe.Document, schedule: Any) -> list[Diagnostic]:
     return out
 
 
-def _trigger_rules(doc: yamlsafe.Document, triggers: Any, parameters: dict[str, Any]) -> list[Diagnostic]:
+def _trigger_rules(
+    doc: yamlsafe.Document, triggers: Any, parameters: dict[str, Any]
+) -> list[Diagnostic]:
     if not isinstance(triggers, list):
         return []
     out: list[Diagnostic] = []
@@ -766,12 +960,25 @@ def _trigger_rules(doc: yamlsafe.Document, triggers: Any, parameters: dict[str, 
             continue
         if raw.get("kind") == "event" and isinstance(raw.get("event"), str):
             if raw["event"] in seen_events:
-                out.append(doc.diagnostic(("triggers", i, "event"), "triggers.duplicate", f"event `{raw['event']}` is already listed at triggers[{seen_events[raw['event']]}]"))
+                out.append(
+                    doc.diagnostic(
+                        ("triggers", i, "event"),
+                        "triggers.duplicate",
+                        f"event `{raw['event']}` is already listed at triggers[{seen_events[raw['event']]}]",
+                    )
+                )
             seen_events.setdefault(raw["event"], i)
         mapping = raw.get("parameters")
         if raw.get("kind") != "event" or not isinstance(mapping, dict):
             continue
         for name in mapping:
             if name not in parameters:
-                out.append(doc.diagnostic(("triggers", i, "parameters", name), "triggers.parameter", f"no parameter named `{name}`{did_you_mean(name, parameters)}", key=True))
+                out.append(
+                    doc.diagnostic(
+                        ("triggers", i, "parameters", name),
+                        "triggers.parameter",
+                        f"no parameter named `{name}`{did_you_mean(name, parameters)}",
+                        key=True,
+                    )
+                )
     return out

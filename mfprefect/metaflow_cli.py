@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 from metaflow._vendor import click
-
 from metaflow.exception import MetaflowException
 
 from . import document, export
@@ -16,8 +15,6 @@ from .errors import MfprefectError
 
 class UnsupportedFlow(MetaflowException):
     headline = "mfprefect cannot run this flow"
-
-
 
 
 @click.group()
@@ -34,14 +31,24 @@ def prefect(obj: Any) -> None:
     obj.check(obj.graph, obj.flow, obj.environment, pylint=obj.pylint)
 
 
-@prefect.command(name="export", help="Write the flow's pipeline manifest (YAML) to MANIFEST, or '-' for stdout.")
+@prefect.command(
+    name="export", help="Write the flow's pipeline manifest (YAML) to MANIFEST, or '-' for stdout."
+)
 @click.argument("manifest", default="-")
-@click.option("--name", "deployment_name", default=None, help="Deployment name (default: the pipeline name).")
+@click.option(
+    "--name", "deployment_name", default=None, help="Deployment name (default: the pipeline name)."
+)
 @click.option("--work-pool", default=None, help="Prefect work pool the deployment runs on.")
 @click.option("--work-queue", default=None, help="Prefect work queue within the pool.")
-@click.option("--tag", "tags", multiple=True, help="Tag for the deployment and its runs (repeatable).")
+@click.option(
+    "--tag", "tags", multiple=True, help="Tag for the deployment and its runs (repeatable)."
+)
 @click.option("--workflow-timeout", type=int, default=None, help="Flow-level timeout in seconds.")
-@click.option("--check", is_flag=True, help="Write nothing; exit 1 if MANIFEST differs from what export would write.")
+@click.option(
+    "--check",
+    is_flag=True,
+    help="Write nothing; exit 1 if MANIFEST differs from what export would write.",
+)
 @click.pass_obj
 def export_command(obj: Any, manifest: str, check: bool, **given: Any) -> None:
     try:
@@ -52,8 +59,6 @@ def export_command(obj: Any, manifest: str, check: bool, **given: Any) -> None:
             click.echo(exc.hint, err=True)
         sys.exit(exc.exit_code)
     sys.exit(code)
-
-
 
 
 def run_export(
@@ -88,8 +93,12 @@ def run_export(
         if value is not None
     }
     target = None if to_stdout else Path(manifest)
-    existing = target.read_text(encoding="utf-8") if target is not None and target.is_file() else None
-    text = document.render_over(existing, data, overrides) if existing else document.render_new(data)
+    existing = (
+        target.read_text(encoding="utf-8") if target is not None and target.is_file() else None
+    )
+    text = (
+        document.render_over(existing, data, overrides) if existing else document.render_new(data)
+    )
     for note in options.notes:
         click.echo(f"mfprefect: {note}", err=True)
     if check:
@@ -99,7 +108,10 @@ def run_export(
         if existing == text:
             click.echo(f"{manifest} is up to date")
             return 0
-        click.echo(f"{manifest} is out of date: run `python {Path(sys.argv[0]).name} prefect export {manifest}`", err=True)
+        click.echo(
+            f"{manifest} is out of date: run `python {Path(sys.argv[0]).name} prefect export {manifest}`",
+            err=True,
+        )
         return 1
     if target is None:
         sys.stdout.write(text)

@@ -80,11 +80,18 @@ def read_bytes(path: str, display: str | None = None) -> bytes:
             blob = handle.read(MAX_BYTES + 1)
     except OSError as exc:
         reason = exc.strerror or exc.__class__.__name__
-        raise YamlProblem(Diagnostic(name, 1, 1, ERROR, "file", "", f"cannot read: {reason}")) from None
+        raise YamlProblem(
+            Diagnostic(name, 1, 1, ERROR, "file", "", f"cannot read: {reason}")
+        ) from None
     if len(blob) > MAX_BYTES:
         raise YamlProblem(
             Diagnostic(
-                name, 1, 1, ERROR, "file.size", "",
+                name,
+                1,
+                1,
+                ERROR,
+                "file.size",
+                "",
                 f"file is larger than {MAX_BYTES // (1024 * 1024)} MiB; a manifest is far smaller",
             )
         )
@@ -104,7 +111,9 @@ def parse(blob: bytes, file: str) -> Document:
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark is not None else (1, 1)
         problem = exc.problem or exc.context or "invalid YAML"
-        raise YamlProblem(Diagnostic(file, line, col, ERROR, "yaml", "", _one_line(problem))) from None
+        raise YamlProblem(
+            Diagnostic(file, line, col, ERROR, "yaml", "", _one_line(problem))
+        ) from None
     except RecursionError:
         raise YamlProblem(
             Diagnostic(file, 1, 1, ERROR, "yaml.depth", "", "nesting is too deep to be a manifest")
@@ -157,7 +166,12 @@ def _decode(blob: bytes, file: str) -> str:
         col = exc.start - (before.rfind(b"\n") + 1) + 1
         raise YamlProblem(
             Diagnostic(
-                file, line, col, ERROR, "file.encoding", "",
+                file,
+                line,
+                col,
+                ERROR,
+                "file.encoding",
+                "",
                 f"byte 0x{blob[exc.start]:02x} is not UTF-8; save the file as UTF-8",
             )
         ) from None
@@ -165,7 +179,9 @@ def _decode(blob: bytes, file: str) -> str:
         offset = text.index("\x00")
         line = text.count("\n", 0, offset) + 1
         col = offset - (text.rfind("\n", 0, offset) + 1) + 1
-        raise YamlProblem(Diagnostic(file, line, col, ERROR, "file.encoding", "", "NUL byte in file"))
+        raise YamlProblem(
+            Diagnostic(file, line, col, ERROR, "file.encoding", "", "NUL byte in file")
+        )
     return text
 
 
@@ -187,7 +203,9 @@ class _Walker:
     def _problem(self, node: Node, path: Path, rule: str, message: str) -> None:
         mark = node.start_mark
         self.problems.append(
-            Diagnostic(self.doc.file, mark.line + 1, mark.column + 1, ERROR, rule, path_text(path), message)
+            Diagnostic(
+                self.doc.file, mark.line + 1, mark.column + 1, ERROR, rule, path_text(path), message
+            )
         )
 
     def convert(self, node: Node, path: Path, depth: int) -> Any:
@@ -199,7 +217,9 @@ class _Walker:
         self.seen.add(id(node))
         if self.nodes > MAX_NODES:
             self._problem(
-                node, path, "yaml.size",
+                node,
+                path,
+                "yaml.size",
                 "document expands to too many values (an anchor/alias bomb?); "
                 "write the values out instead of repeating aliases",
             )
@@ -213,11 +233,15 @@ class _Walker:
         tag = str(node.tag)
         if isinstance(node, MappingNode):
             if tag != _MAP:
-                self._problem(node, path, "yaml.tag", f"custom tag `{tag}` is not allowed in a manifest")
+                self._problem(
+                    node, path, "yaml.tag", f"custom tag `{tag}` is not allowed in a manifest"
+                )
             return self._mapping(node, path, depth)
         if isinstance(node, SequenceNode):
             if tag != _SEQ:
-                self._problem(node, path, "yaml.tag", f"custom tag `{tag}` is not allowed in a manifest")
+                self._problem(
+                    node, path, "yaml.tag", f"custom tag `{tag}` is not allowed in a manifest"
+                )
             return [self.convert(item, path + (i,), depth + 1) for i, item in enumerate(node.value)]
         assert isinstance(node, ScalarNode)
         return self._scalar(node, path, tag)
@@ -226,7 +250,9 @@ class _Walker:
         out: dict[str, Any] = {}
         merge_keys = [k for k, _ in node.value if str(k.tag) == "tag:yaml.org,2002:merge"]
         if merge_keys:
-            self._problem(merge_keys[0], path, "yaml.merge", "merge keys (`<<`) are not allowed in a manifest")
+            self._problem(
+                merge_keys[0], path, "yaml.merge", "merge keys (`<<`) are not allowed in a manifest"
+            )
         for key_node, value_node in node.value:
             if self.stopped:
                 break
@@ -240,7 +266,12 @@ class _Walker:
             child = path + (key,)
             if key in out:
                 first = self.doc.keys.get(child, (0, 0))[0]
-                self._problem(key_node, child, "yaml.duplicate-key", f"duplicate key `{key}` (first at line {first})")
+                self._problem(
+                    key_node,
+                    child,
+                    "yaml.duplicate-key",
+                    f"duplicate key `{key}` (first at line {first})",
+                )
                 continue
             self.doc.keys[child] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
             out[key] = self.convert(value_node, child, depth + 1)
@@ -261,9 +292,15 @@ class _Walker:
             try:
                 if tag == _INT:
                     return _parse_int(text)
-                value = float(text.replace("_", "").replace(".inf", "inf").replace(".Inf", "inf")
-                              .replace(".INF", "inf").replace(".nan", "nan").replace(".NaN", "nan")
-                              .replace(".NAN", "nan"))
+                value = float(
+                    text.replace("_", "")
+                    .replace(".inf", "inf")
+                    .replace(".Inf", "inf")
+                    .replace(".INF", "inf")
+                    .replace(".nan", "nan")
+                    .replace(".NaN", "nan")
+                    .replace(".NAN", "nan")
+                )
             except ValueError:
                 return text
             if not math.isfinite(value):

@@ -28,16 +28,22 @@ def metaflow_env(tmp_path: Path) -> dict[str, str]:
     return flow_env(tmp_path)
 
 
-def run(args: list[str], env: dict[str, str], cwd: Path | str | None = None, timeout: int = 120) -> subprocess.CompletedProcess[str]:
+def run(
+    args: list[str], env: dict[str, str], cwd: Path | str | None = None, timeout: int = 120
+) -> subprocess.CompletedProcess[str]:
     """Run a command and capture its text output."""
     return subprocess.run(args, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
 
 
-def flow_cli(flow: Path | str, *args: str, env: dict[str, str], cwd: Path | str | None = None) -> subprocess.CompletedProcess[str]:
+def flow_cli(
+    flow: Path | str, *args: str, env: dict[str, str], cwd: Path | str | None = None
+) -> subprocess.CompletedProcess[str]:
     """`python FLOW --no-pylint --quiet ARGS...` (top-level options go in ARGS before the command)."""
     return run([sys.executable, str(flow), "--no-pylint", "--quiet", *args], env=env, cwd=cwd)
 
 
-def mfprefect(*args: str, env: dict[str, str], cwd: Path | str | None = None) -> subprocess.CompletedProcess[str]:
+def mfprefect(
+    *args: str, env: dict[str, str], cwd: Path | str | None = None
+) -> subprocess.CompletedProcess[str]:
     """The installed `mfprefect` command, as a real process."""
     return run([sys.executable, "-m", "mfprefect.cli", *args], env=env, cwd=cwd)

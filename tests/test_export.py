@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import getpass
 import os
 import shutil
 import socket
@@ -10,9 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import EXAMPLES, flow_cli, mfprefect, run
 from ruamel.yaml import YAML
 
-from conftest import EXAMPLES, flow_cli, mfprefect, run
 from mfprefect.manifest import check_file, load
 
 EXAMPLE_FLOWS = sorted(EXAMPLES.glob("*_flow.py"))
@@ -33,12 +32,16 @@ def test_committed_manifest_is_current(flow: Path, metaflow_env: dict[str, str])
         result = flow_cli(flow, "prefect", "export", str(manifest), env=metaflow_env)
         assert result.returncode == 0, result.stderr
     result = flow_cli(flow, "prefect", "export", str(manifest), "--check", env=metaflow_env)
-    assert result.returncode == 0, f"{manifest.name} is stale (MFPREFECT_REGENERATE=1 rewrites it)\n{result.stderr}"
+    assert result.returncode == 0, (
+        f"{manifest.name} is stale (MFPREFECT_REGENERATE=1 rewrites it)\n{result.stderr}"
+    )
     assert [d for d in check_file(str(manifest))[1]] == []
 
 
 @pytest.mark.parametrize("flow", EXAMPLE_FLOWS, ids=lambda p: p.stem)
-def test_export_is_deterministic_and_private(flow: Path, metaflow_env: dict[str, str], tmp_path: Path) -> None:
+def test_export_is_deterministic_and_private(
+    flow: Path, metaflow_env: dict[str, str], tmp_path: Path
+) -> None:
     """Same bytes twice, from another working directory, with no user, host or absolute path."""
     first = flow_cli(flow, "prefect", "export", "-", env=metaflow_env, cwd=EXAMPLES)
     other_env = dict(metaflow_env, USER="someone-else")
@@ -46,7 +49,13 @@ def test_export_is_deterministic_and_private(flow: Path, metaflow_env: dict[str,
     assert first.returncode == 0, first.stderr
     assert first.stdout == second.stdout
     assert first.stdout == flow.with_suffix(".yaml").read_text()
-    for private in {str(EXAMPLES), str(tmp_path), socket.gethostname(), metaflow_env["USER"], "someone-else"}:
+    for private in {
+        str(EXAMPLES),
+        str(tmp_path),
+        socket.gethostname(),
+        metaflow_env["USER"],
+        "someone-else",
+    }:
         assert private not in first.stdout
 
 
@@ -66,7 +75,11 @@ def test_exported_fields_reflect_the_code(metaflow_env: dict[str, str]) -> None:
     sched = load(str(EXAMPLES / "schedule_flow.yaml")).schedule
     assert sched is not None and (sched.cron, sched.timezone) == ("0 6 * * *", "Europe/Amsterdam")
     trig = load(str(EXAMPLES / "trigger_flow.yaml")).triggers[0]
-    assert trig.kind == "event" and trig.event == "data.ready" and dict(trig.parameters) == {"path": "file_path"}
+    assert (
+        trig.kind == "event"
+        and trig.event == "data.ready"
+        and dict(trig.parameters) == {"path": "file_path"}
+    )
     loop = load(str(EXAMPLES / "switch_loop_flow.yaml")).steps["loop"]
     assert loop.kind == "switch" and dict(loop.cases) == {"again": "loop", "done": "end"}
     custom = load(str(EXAMPLES / "custom_names_flow.yaml"))
@@ -80,39 +93,99 @@ def test_exported_fields_reflect_the_code(metaflow_env: dict[str, str]) -> None:
 def test_export_options_and_overrides(metaflow_env: dict[str, str], tmp_path: Path) -> None:
     out = tmp_path / "m.yaml"
     result = flow_cli(
-        EXAMPLES / "project_flow.py", "--with", "retry:times=2", "--branch", "feature",
-        "prefect", "export", str(out), "--name", "nightly", "--work-pool", "pool-a",
-        "--tag", "team:ml", "--tag", "tier1", "--workflow-timeout", "3600",
+        EXAMPLES / "project_flow.py",
+        "--with",
+        "retry:times=2",
+        "--branch",
+        "feature",
+        "prefect",
+        "export",
+        str(out),
+        "--name",
+        "nightly",
+        "--work-pool",
+        "pool-a",
+        "--tag",
+        "team:ml",
+        "--tag",
+        "tier1",
+        "--workflow-timeout",
+        "3600",
         env=metaflow_env,
     )
     assert result.returncode == 0, result.stderr
     manifest = load(str(out))
     assert manifest.project is not None and manifest.project.branch == "test.feature"
     assert manifest.deployment.name == "nightly" and manifest.deployment.work_pool == "pool-a"
-    assert manifest.deployment.tags == ("team:ml", "tier1") and manifest.deployment.timeout_seconds == 3600
+    assert (
+        manifest.deployment.tags == ("team:ml", "tier1")
+        and manifest.deployment.timeout_seconds == 3600
+    )
     start = manifest.steps["start"]
     assert start.retries is not None and start.retries.times == 2
     assert start.with_ == ("retry:times=2,minutes_between_retries=2",)
     assert manifest.flow_file == os.path.relpath(EXAMPLES / "project_flow.py", tmp_path)
 
-    prod = flow_cli(EXAMPLES / "project_flow.py", "--production", "prefect", "export", "-", env=metaflow_env)
-    assert _yaml_data(prod.stdout)["flow"]["project"] == {"name": "demo_project", "branch": "prod", "production": True}
+    prod = flow_cli(
+        EXAMPLES / "project_flow.py", "--production", "prefect", "export", "-", env=metaflow_env
+    )
+    assert _yaml_data(prod.stdout)["flow"]["project"] == {
+        "name": "demo_project",
+        "branch": "prod",
+        "production": True,
+    }
 
     override = flow_cli(
-        EXAMPLES / "config_flow.py", "--config-value", "data", '{"source": {"table": "t2", "limit": 5}}',
-        "prefect", "export", "-", env=metaflow_env,
+        EXAMPLES / "config_flow.py",
+        "--config-value",
+        "data",
+        '{"source": {"table": "t2", "limit": 5}}',
+        "prefect",
+        "export",
+        "-",
+        env=metaflow_env,
     )
     assert override.returncode == 0, override.stderr
-    assert _yaml_data(override.stdout)["configs"]["data"]["value"] == {"source": {"table": "t2", "limit": 5}}
+    assert _yaml_data(override.stdout)["configs"]["data"]["value"] == {
+        "source": {"table": "t2", "limit": 5}
+    }
 
 
-def test_standalone_export_matches_metaflow_form(metaflow_env: dict[str, str], tmp_path: Path) -> None:
+def test_standalone_export_matches_metaflow_form(
+    metaflow_env: dict[str, str], tmp_path: Path
+) -> None:
     out = tmp_path / "a.yaml"
-    result = mfprefect("export", str(EXAMPLES / "switch_flow.py"), "-o", str(out), "--work-pool", "p", env=metaflow_env)
+    result = mfprefect(
+        "export",
+        str(EXAMPLES / "switch_flow.py"),
+        "-o",
+        str(out),
+        "--work-pool",
+        "p",
+        env=metaflow_env,
+    )
     assert result.returncode == 0, result.stderr
-    direct = flow_cli(EXAMPLES / "switch_flow.py", "prefect", "export", "-", "--work-pool", "p", env=metaflow_env, cwd=tmp_path)
+    direct = flow_cli(
+        EXAMPLES / "switch_flow.py",
+        "prefect",
+        "export",
+        "-",
+        "--work-pool",
+        "p",
+        env=metaflow_env,
+        cwd=tmp_path,
+    )
     assert out.read_text() == direct.stdout
-    check = mfprefect("export", str(EXAMPLES / "switch_flow.py"), "-o", str(out), "--check", "--work-pool", "p", env=metaflow_env)
+    check = mfprefect(
+        "export",
+        str(EXAMPLES / "switch_flow.py"),
+        "-o",
+        str(out),
+        "--check",
+        "--work-pool",
+        "p",
+        env=metaflow_env,
+    )
     assert check.returncode == 0, check.stderr
     assert mfprefect("export", str(tmp_path / "nope.py"), env=metaflow_env).returncode == 2
 
@@ -127,7 +200,9 @@ metadata:
 """
 
 
-def test_reexport_keeps_comments_and_user_fields(metaflow_env: dict[str, str], tmp_path: Path) -> None:
+def test_reexport_keeps_comments_and_user_fields(
+    metaflow_env: dict[str, str], tmp_path: Path
+) -> None:
     flow = tmp_path / "linear_flow.py"
     shutil.copy(EXAMPLES / "linear_flow.py", flow)
     manifest = tmp_path / "linear_flow.yaml"
@@ -135,8 +210,14 @@ def test_reexport_keeps_comments_and_user_fields(metaflow_env: dict[str, str], t
     text = manifest.read_text()
     text = text.replace("  labels: {}\n", "  labels:\n    team: ml  # who to page\n")
     text = text.replace("  work_pool: null\n", "  work_pool: gpu-pool  # set by platform\n")
-    text = text.replace("schedule: null\n", "# nightly, agreed with ops\nschedule:\n  cron: 0 2 * * *\n  timezone: UTC\n")
-    text = text.replace("    next: [middle]\n", "    next: [middle]\n    timeout_seconds: 5  # hand edit of a code-derived field\n")
+    text = text.replace(
+        "schedule: null\n",
+        "# nightly, agreed with ops\nschedule:\n  cron: 0 2 * * *\n  timezone: UTC\n",
+    )
+    text = text.replace(
+        "    next: [middle]\n",
+        "    next: [middle]\n    timeout_seconds: 5  # hand edit of a code-derived field\n",
+    )
     text = text.replace("  middle:\n", "  # the heavy step\n  middle:\n")
     manifest.write_text(text)
 
@@ -148,7 +229,7 @@ def test_reexport_keeps_comments_and_user_fields(metaflow_env: dict[str, str], t
     source = source.replace("self.next(self.end)", "self.next(self.extra)", 1)
     source = source.replace(
         "    @step\n    def end(self):",
-        "    @step\n    def extra(self):\n        \"\"\"A new step.\"\"\"\n        self.next(self.end)\n\n    @step\n    def end(self):",
+        '    @step\n    def extra(self):\n        """A new step."""\n        self.next(self.end)\n\n    @step\n    def end(self):',
     )
     flow.write_text(source)
     assert flow_cli(flow, "prefect", "export", str(manifest), env=metaflow_env).returncode == 0
@@ -162,10 +243,13 @@ def test_reexport_keeps_comments_and_user_fields(metaflow_env: dict[str, str], t
     assert list(data["steps"]) == ["start", "middle", "extra", "end"]
     assert data["steps"]["middle"]["next"] == ["extra"]
     assert check_file(str(manifest))[1] == []
-    assert flow_cli(flow, "prefect", "export", str(manifest), "--check", env=metaflow_env).returncode == 0
+    assert (
+        flow_cli(flow, "prefect", "export", str(manifest), "--check", env=metaflow_env).returncode
+        == 0
+    )
 
 
-UNSUPPORTED = '''\
+UNSUPPORTED = """\
 from metaflow import FlowSpec, step, batch, parallel
 
 
@@ -191,10 +275,12 @@ class BadFlow(FlowSpec):
 
 if __name__ == "__main__":
     BadFlow()
-'''
+"""
 
 
-def test_unsupported_decorators_fail_naming_each_step(metaflow_env: dict[str, str], tmp_path: Path) -> None:
+def test_unsupported_decorators_fail_naming_each_step(
+    metaflow_env: dict[str, str], tmp_path: Path
+) -> None:
     flow = tmp_path / "bad_flow.py"
     flow.write_text(UNSUPPORTED)
     # With the local datastore Metaflow's own @batch check fails first; on s3 ours runs.
@@ -221,7 +307,9 @@ def test_exit_hook_is_refused(metaflow_env: dict[str, str], tmp_path: Path) -> N
     assert result.returncode == 1 and "flow `HookFlow`: @exit_hook" in result.stderr
 
 
-def test_flow_that_does_not_import_fails_with_its_own_error(metaflow_env: dict[str, str], tmp_path: Path) -> None:
+def test_flow_that_does_not_import_fails_with_its_own_error(
+    metaflow_env: dict[str, str], tmp_path: Path
+) -> None:
     flow = tmp_path / "broken_flow.py"
     flow.write_text("import no_such_module_here\n")
     result = mfprefect("export", str(flow), env=metaflow_env)
@@ -230,7 +318,9 @@ def test_flow_that_does_not_import_fails_with_its_own_error(metaflow_env: dict[s
     assert "mfprefect/" not in result.stderr  # no frame of ours
 
 
-def test_secret_from_environment_becomes_a_reference(metaflow_env: dict[str, str], tmp_path: Path) -> None:
+def test_secret_from_environment_becomes_a_reference(
+    metaflow_env: dict[str, str], tmp_path: Path
+) -> None:
     flow = tmp_path / "secret_flow.py"
     flow.write_text(
         "import os\nfrom metaflow import FlowSpec, step, environment\n\n"
@@ -244,7 +334,10 @@ def test_secret_from_environment_becomes_a_reference(metaflow_env: dict[str, str
     result = flow_cli(flow, "prefect", "export", "-", env=env)
     assert result.returncode == 0, result.stderr
     assert "s3cr3t-value-123" not in result.stdout + result.stderr
-    assert _yaml_data(result.stdout)["steps"]["start"]["environment"] == {"API_TOKEN": {"env": "API_TOKEN"}, "MODE": "x"}
+    assert _yaml_data(result.stdout)["steps"]["start"]["environment"] == {
+        "API_TOKEN": {"env": "API_TOKEN"},
+        "MODE": "x",
+    }
 
 
 def test_graph_renders_mermaid(metaflow_env: dict[str, str]) -> None:
@@ -259,28 +352,56 @@ def test_graph_renders_mermaid(metaflow_env: dict[str, str]) -> None:
         '    s_loop -->|"again"| s_loop',
         '    s_loop -->|"done"| s_end',
     ]
-    assert mfprefect("graph", "--markdown", str(EXAMPLES / "linear_flow.yaml"), env=metaflow_env).stdout.startswith("```mermaid\n")
+    assert mfprefect(
+        "graph", "--markdown", str(EXAMPLES / "linear_flow.yaml"), env=metaflow_env
+    ).stdout.startswith("```mermaid\n")
 
 
 def test_wheel_ships_the_schema(tmp_path: Path, metaflow_env: dict[str, str]) -> None:
     """A built, non-editable wheel validates against the schema packed inside it."""
     root = Path(__file__).resolve().parent.parent
     wheel_dir = tmp_path / "wheel"
-    built = run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheel_dir), str(root)], env=metaflow_env, timeout=300)
+    built = run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(wheel_dir),
+            str(root),
+        ],
+        env=metaflow_env,
+        timeout=300,
+    )
     if built.returncode != 0:  # no hatchling in this environment: build in isolation
-        built = run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-w", str(wheel_dir), str(root)], env=metaflow_env, timeout=300)
+        built = run(
+            [sys.executable, "-m", "pip", "wheel", "--no-deps", "-w", str(wheel_dir), str(root)],
+            env=metaflow_env,
+            timeout=300,
+        )
     assert built.returncode == 0, built.stderr
     target = tmp_path / "site"
     wheel = next(wheel_dir.glob("mfprefect-*.whl"))
-    installed = run([sys.executable, "-m", "pip", "install", "--no-deps", "--target", str(target), str(wheel)], env=metaflow_env, timeout=300)
+    installed = run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "--target", str(target), str(wheel)],
+        env=metaflow_env,
+        timeout=300,
+    )
     assert installed.returncode == 0, installed.stderr
-    assert (target / "metaflow_extensions" / "mfprefect" / "plugins" / "mfextinit_mfprefect.py").is_file()
+    assert (
+        target / "metaflow_extensions" / "mfprefect" / "plugins" / "mfextinit_mfprefect.py"
+    ).is_file()
     probe = (
         "import mfprefect.manifest as m, sys; "
         f"assert m.__file__.startswith({str(target)!r}), m.__file__; "
         f"assert str(m.schema_path()).startswith({str(target)!r}); "
         f"print(len(m.check_file({str(EXAMPLES / 'linear_flow.yaml')!r})[1]))"
     )
-    result = run([sys.executable, "-c", probe], env=dict(metaflow_env, PYTHONPATH=str(target)), cwd=tmp_path)
+    result = run(
+        [sys.executable, "-c", probe], env=dict(metaflow_env, PYTHONPATH=str(target)), cwd=tmp_path
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "0"
