@@ -16,7 +16,7 @@ EXAMPLES = ROOT / "examples"
 def flow_env(tmp: Path) -> dict[str, str]:
     """An environment for Metaflow subprocesses: a known user, a private home and datastore."""
     env = dict(os.environ)
-    env.setdefault("USER", "mfprefect-test")
+    env["USER"] = env["USERNAME"] = "mfp-test-user"
     env["METAFLOW_HOME"] = str(tmp / "mfhome")
     env["METAFLOW_DATASTORE_SYSROOT_LOCAL"] = str(tmp / "datastore")
     env.pop("METAFLOW_PROFILE", None)
