@@ -1,0 +1,90 @@
+"""The Metaflow datastore as the runner sees it: one root, resolved once and given to every step."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..manifest import Manifest
+
+
+@dataclass
+class Datastore:
+    """Reads what steps wrote (foreach width, switch choice, artifacts) and saves their logs."""
+
+    flow_name: str
+    kind: str
+    root: str
+    _flow_datastore: Any = None
+
+    @classmethod
+    def for_manifest(cls, manifest: Manifest) -> Datastore:
+        """Resolve the root as Metaflow would from here (the manifest may name it explicitly)."""
+        from metaflow.plugins import DATASTORES
+
+        kind = manifest.runtime.datastore
+        impl = next(d for d in DATASTORES if d.TYPE == kind)
+        root = manifest.runtime.datastore_root
+        if root is None:
+            root = impl.get_datastore_root_from_config(
+                lambda *_a, **_k: None, create_on_absent=True
+            )
+        if kind == "local":
+            root = os.path.abspath(root)
+        return cls(manifest.flow_class, kind, root)
+
+    def _fds(self) -> Any:
+        if self._flow_datastore is None:
+            from metaflow.datastore import FlowDataStore
+            from metaflow.plugins import DATASTORES
+
+            impl = next(d for d in DATASTORES if d.TYPE == self.kind)
+            self._flow_datastore = FlowDataStore(
+                self.flow_name, storage_impl=impl, ds_root=self.root
+            )
+        return self._flow_datastore
+
+    def _task(self, pathspec: str, attempt: int) -> Any:
+        run_id, step, task_id = pathspec.split("/")[-3:]
+        return self._fds().get_task_datastore(
+            run_id, step, task_id, attempt=attempt, mode="r", allow_not_done=True
+        )
+
+    def read_artifact(self, pathspec: str, attempt: int, name: str) -> Any:
+        """One artifact of a task's given attempt (None if it has none by that name)."""
+        ds = self._task(pathspec, attempt)
+        return ds[name] if name in ds else None
+
+    def task_ok(self, pathspec: str, attempt: int) -> bool:
+        """Whether the attempt recorded success (a step may exit 0 without finishing its task)."""
+        try:
+            return bool(self.read_artifact(pathspec, attempt, "_task_ok"))
+        except Exception:  # noqa: BLE001 - no data at all means it did not finish
+            return False
+
+    def artifact_names(self, pathspec: str, attempt: int) -> list[str]:
+        """The user-visible artifact names of a task attempt."""
+        ds = self._task(pathspec, attempt)
+        return sorted(
+            name
+            for name in getattr(ds, "_objects", {})
+            if not name.startswith("_") and name != "name"
+        )
+
+    def save_logs(
+        self, pathspec: str, attempt: int, stdout: Sequence[str], stderr: Sequence[str]
+    ) -> None:
+        """Keep the step's output in Metaflow's task logs, as Metaflow's own runtime does."""
+        from metaflow.mflog import RUNTIME_LOG_SOURCE, mflog
+
+        run_id, step, task_id = pathspec.split("/")[-3:]
+        ds = self._fds().get_task_datastore(run_id, step, task_id, attempt=attempt, mode="w")
+
+        def encode(lines: Sequence[str]) -> bytes:
+            return b"".join(
+                mflog.decorate(RUNTIME_LOG_SOURCE, line.encode("utf-8")) + b"\n" for line in lines
+            )
+
+        ds.save_logs(RUNTIME_LOG_SOURCE, {"stdout": encode(stdout), "stderr": encode(stderr)})

@@ -1,0 +1,279 @@
+"""Run a manifest as one Prefect flow run: one Prefect task run per Metaflow task.
+
+The walk follows the manifest's graph: static split branches and foreach bodies run concurrently
+(bounded by `deployment.parallelism`), a switch continues where the step's `_transition` says,
+and nothing downstream of a failed task is ever launched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import RuntimeFailure
+from ..manifest import Manifest, SecretRef, StepSpec
+from . import commands
+
+# Log lines kept per task for the failure message.
+TAIL_LINES = 20
+# A step's own @timeout fires first (inside the process); ours is the hard stop behind it.
+HARD_TIMEOUT_GRACE = 5.0
+KILL_GRACE = 5.0
+
+
+class StepFailed(RuntimeFailure):
+    """A Metaflow task failed; `pathspec` names it and `tail` holds its last output lines."""
+
+    def __init__(
+        self, pathspec: str, reason: str, tail: Sequence[str] = (), retryable: bool = True
+    ) -> None:
+        detail = "\n".join(f"  | {line}" for line in tail[-TAIL_LINES:])
+        super().__init__(f"step failed: {pathspec}: {reason}", hint=detail or None)
+        self.pathspec = pathspec
+        self.retryable = retryable
+
+
+def matching_join(steps: Mapping[str, StepSpec], opener: str) -> str:
+    """The join that closes split or foreach `opener` (manifests are validated, so it exists)."""
+    depth = 0
+    node = steps[opener].next[0]
+    seen: set[str] = set()
+    while node not in seen:
+        seen.add(node)
+        spec = steps[node]
+        if spec.kind == "join":
+            if depth == 0:
+                return node
+            depth -= 1
+        if spec.kind in ("split", "foreach"):
+            depth += 1
+        onward = [t for t in spec.successors if t != node]
+        if not onward:
+            break
+        node = onward[0]
+    raise RuntimeFailure(
+        f"no join closes `{opener}`", hint="run `mfprefect validate` on the manifest"
+    )
+
+
+@dataclass
+class TaskResult:
+    pathspec: str
+    attempt: int
+
+
+@dataclass
+class Runner:
+    """One pipeline run: launches step processes and walks the graph."""
+
+    manifest: Manifest
+    ctx: commands.RunContext
+    parameters: Mapping[str, Any]
+    run_task: Callable[..., Awaitable[TaskResult]]
+    read_artifact: Callable[[str, int, str], Any]
+    clone_from: Mapping[tuple[str, tuple[int, ...]], str] = field(default_factory=dict)
+    origin_run_id: str | None = None
+    _counter: int = 0
+
+    def new_task_id(self) -> str:
+        self._counter += 1
+        return f"t{self._counter}"
+
+    async def run(self) -> None:
+        params = await self.run_task(self, "_parameters", "t0", [], None, ())
+        await self.segment(self.manifest.start_step, [params.pathspec], None, None, ())
+
+    async def segment(
+        self,
+        step: str,
+        inputs: list[str],
+        split_index: int | None,
+        until: str | None,
+        indices: tuple[int, ...],
+    ) -> list[str]:
+        """Run from `step` until reaching `until` (a join, not run here); return its input paths."""
+        steps = self.manifest.steps
+        current, current_inputs, index = step, inputs, split_index
+        while current != until:
+            spec = steps[current]
+            result = await self.run_task(
+                self, current, self.new_task_id(), current_inputs, index, indices
+            )
+            index = None
+            if spec.kind == "end":
+                return []
+            if spec.kind in ("linear", "join"):
+                current, current_inputs = spec.next[0], [result.pathspec]
+            elif spec.kind == "switch":
+                transition = self.read_artifact(result.pathspec, result.attempt, "_transition")
+                current, current_inputs = transition[0][0], [result.pathspec]
+            elif spec.kind == "split":
+                join = matching_join(steps, current)
+                branches = [
+                    self.segment(b, [result.pathspec], None, join, indices) for b in spec.next
+                ]
+                current, current_inputs = join, _flatten(await gather_or_cancel(branches))
+            elif spec.kind == "foreach":
+                join = matching_join(steps, current)
+                width = int(
+                    self.read_artifact(result.pathspec, result.attempt, "_foreach_num_splits") or 0
+                )
+                bodies = [
+                    self.segment(spec.next[0], [result.pathspec], i, join, indices + (i,))
+                    for i in range(width)
+                ]
+                current, current_inputs = join, _flatten(await gather_or_cancel(bodies))
+        return current_inputs
+
+
+def _flatten(groups: list[list[str]]) -> list[str]:
+    return [path for group in groups for path in group]
+
+
+async def gather_or_cancel(coroutines: Sequence[Awaitable[Any]]) -> list[Any]:
+    """Run concurrently; on the first failure cancel the rest (their processes are killed)."""
+    tasks = [asyncio.ensure_future(c) for c in coroutines]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for pending in tasks:
+            pending.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+
+
+# ---------------------------------------------------------------------------------------------
+# Step processes
+
+
+@dataclass
+class ProcessOutcome:
+    returncode: int
+    stdout: list[str]
+    stderr: list[str]
+    timed_out: bool = False
+
+
+def _mask(line: str, secrets: Sequence[str]) -> str:
+    for secret in secrets:
+        if secret:
+            line = line.replace(secret, "***")
+    return line
+
+
+async def run_process(
+    args: list[str],
+    env: Mapping[str, str],
+    on_line: Callable[[str, str], None],
+    *,
+    timeout: float | None = None,
+    secrets: Sequence[str] = (),
+) -> ProcessOutcome:
+    """Run one step process in its own process group, streaming its lines as they come.
+
+    On timeout or cancellation the whole group is stopped (SIGTERM, then SIGKILL), so a step's
+    children die with it.
+    """
+    proc = await asyncio.create_subprocess_exec(
+        *args,
+        env=dict(env),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        start_new_session=True,
+    )
+    out: list[str] = []
+    err: list[str] = []
+
+    async def pump(stream: asyncio.StreamReader | None, sink: list[str], name: str) -> None:
+        assert stream is not None
+        while True:
+            raw = await stream.readline()
+            if not raw:
+                return
+            line = _mask(raw.decode("utf-8", "replace").rstrip("\n"), secrets)
+            sink.append(line)
+            on_line(name, line)
+
+    pumps = asyncio.gather(pump(proc.stdout, out, "stdout"), pump(proc.stderr, err, "stderr"))
+    timed_out = False
+    try:
+        await asyncio.wait_for(asyncio.shield(_wait_all(proc, pumps)), timeout)
+    except asyncio.TimeoutError:
+        timed_out = True
+        await _kill_group(proc)
+    except BaseException:
+        await _kill_group(proc)
+        raise
+    finally:
+        if proc.returncode is None:
+            await _kill_group(proc)
+        with contextlib.suppress(BaseException):
+            await asyncio.wait_for(pumps, 5)
+    return ProcessOutcome(
+        proc.returncode if proc.returncode is not None else -9, out, err, timed_out
+    )
+
+
+async def _wait_all(proc: asyncio.subprocess.Process, pumps: Awaitable[Any]) -> None:
+    await pumps
+    await proc.wait()
+
+
+async def _kill_group(proc: asyncio.subprocess.Process) -> None:
+    for sig, wait in ((signal.SIGTERM, KILL_GRACE), (signal.SIGKILL, KILL_GRACE)):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, sig)
+        try:
+            await asyncio.wait_for(proc.wait(), wait)
+        except asyncio.TimeoutError:
+            continue
+        # The leader is gone; make sure nothing it started lingers in the group.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        return
+
+
+def hard_timeout(spec: StepSpec | None) -> float | None:
+    if spec is None or spec.timeout_seconds is None:
+        return None
+    return spec.timeout_seconds + HARD_TIMEOUT_GRACE
+
+
+def new_run_id() -> str:
+    """A Metaflow run id: prefixed (never a plain integer) and unique."""
+    return f"prefect-{uuid.uuid4().hex[:16]}"
+
+
+def resource_tags(spec: StepSpec) -> list[str]:
+    """Task tags from @resources; GPU steps share `mfprefect:gpu` so one concurrency limit bounds them."""
+    res = spec.resources
+    if res is None:
+        return []
+    tags = []
+    if res.cpu is not None:
+        tags.append(f"cpu:{res.cpu:g}")
+    if res.memory is not None:
+        tags.append(f"memory:{res.memory}")
+    if res.gpu:
+        tags += [f"gpu:{res.gpu}", "mfprefect:gpu"]
+    if res.disk is not None:
+        tags.append(f"disk:{res.disk}")
+    return tags
+
+
+def secret_blocks(manifest: Manifest) -> list[str]:
+    """Every Prefect Secret block the manifest refers to."""
+    layers = [manifest.deployment.environment] + [s.environment for s in manifest.steps.values()]
+    return sorted({v.block for layer in layers for v in layer.values() if isinstance(v, SecretRef)})
+
+
+def python_executable() -> str:
+    return sys.executable

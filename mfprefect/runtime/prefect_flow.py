@@ -1,0 +1,230 @@
+"""The Prefect side of a run: the flow, one task run per Metaflow task, logs and artifacts."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from prefect import flow, get_run_logger, tags, task
+from prefect.artifacts import acreate_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run as flow_run_info
+from prefect.runtime import task_run as task_run_info
+
+from ..manifest import Manifest
+from . import commands, engine
+from .datastore import Datastore
+
+
+@dataclass
+class RunSummary:
+    """What a finished (or failed) run left behind: the Metaflow run and the Prefect flow run."""
+
+    pathspec: str
+    flow_run_id: str | None
+
+
+def _retry_allowed(_task: Any, _task_run: Any, state: Any) -> bool:
+    exc = getattr(state, "data", None)
+    return not (isinstance(exc, engine.StepFailed) and not exc.retryable)
+
+
+def _task_run_name(step: str, indices: tuple[int, ...]) -> str:
+    return step + (f"[{'.'.join(str(i) for i in indices)}]" if indices else "")
+
+
+def _artifact_key(text: str) -> str:
+    return re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")[:100] or "step"
+
+
+class PrefectSteps:
+    """Runs Metaflow tasks as Prefect task runs for one Runner."""
+
+    def __init__(
+        self, manifest: Manifest, datastore: Datastore, secrets: Mapping[str, str]
+    ) -> None:
+        self.manifest = manifest
+        self.datastore = datastore
+        self.secrets = dict(secrets)
+        self.semaphore = asyncio.Semaphore(manifest.deployment.parallelism)
+        self.reported_steps: set[str] = set()
+
+    async def __call__(
+        self,
+        runner: engine.Runner,
+        step: str,
+        task_id: str,
+        inputs: list[str],
+        split_index: int | None,
+        indices: tuple[int, ...],
+    ) -> engine.TaskResult:
+        spec = self.manifest.steps.get(step)
+        options: dict[str, Any] = {
+            "name": step,
+            "task_run_name": _task_run_name(step, indices),
+            "cache_policy": NO_CACHE,
+            "retry_condition_fn": _retry_allowed,
+            "tags": engine.resource_tags(spec) if spec else [],
+        }
+        if spec is not None:
+            _, total = commands.max_retries(self.manifest, step)
+            options["retries"] = total
+            options["retry_delay_seconds"] = spec.retries.delay_seconds if spec.retries else 0
+        runnable = task(self._attempt, **options)
+        result: engine.TaskResult = await runnable(runner, step, task_id, inputs, split_index)
+        return result
+
+    async def _attempt(
+        self,
+        runner: engine.Runner,
+        step: str,
+        task_id: str,
+        inputs: list[str],
+        split_index: int | None,
+    ) -> engine.TaskResult:
+        attempt = max(int(task_run_info.run_count or 1) - 1, 0)
+        ctx = runner.ctx
+        pathspec = f"{ctx.run_id}/{step}/{task_id}"
+        logger = get_run_logger()
+        if step == "_parameters":
+            args = commands.init_command(ctx, task_id, runner.parameters)
+            env = commands.environment(ctx, None, self.secrets.get)
+        else:
+            args = commands.step_command(
+                ctx, step, task_id, inputs, split_index=split_index, retry_count=attempt
+            )
+            env = commands.environment(ctx, step, self.secrets.get)
+        masked = list(self.secrets.values()) + commands.secret_values(
+            env, self.manifest, None if step == "_parameters" else step
+        )
+
+        def on_line(stream: str, line: str) -> None:
+            (logger.warning if stream == "stderr" else logger.info)(line)
+
+        async with self.semaphore:
+            outcome = await engine.run_process(
+                args,
+                env,
+                on_line,
+                timeout=engine.hard_timeout(self.manifest.steps.get(step)),
+                secrets=masked,
+            )
+        if step != "_parameters":
+            self.datastore.save_logs(pathspec, attempt, outcome.stdout, outcome.stderr)
+        flow_name = self.manifest.flow_class
+        if outcome.timed_out:
+            raise engine.StepFailed(
+                f"{flow_name}/{pathspec}", "timed out and was stopped", outcome.stderr
+            )
+        if outcome.returncode != 0:
+            reason = f"exited with code {outcome.returncode}"
+            if outcome.returncode < 0:
+                reason = f"killed by signal {-outcome.returncode}"
+            retryable = outcome.returncode != commands.NO_RETRY_EXIT_CODE
+            raise engine.StepFailed(f"{flow_name}/{pathspec}", reason, outcome.stderr, retryable)
+        if step != "_parameters" and not self.datastore.task_ok(pathspec, attempt):
+            raise engine.StepFailed(
+                f"{flow_name}/{pathspec}", "exited 0 but did not finish its task", outcome.stderr
+            )
+        if step != "_parameters" and step not in self.reported_steps:
+            self.reported_steps.add(step)
+            await self._report_artifacts(step, attempt, pathspec)
+        return engine.TaskResult(pathspec, attempt)
+
+    async def _report_artifacts(self, step: str, attempt: int, pathspec: str) -> None:
+        names = self.datastore.artifact_names(pathspec, attempt)
+        full = f"{self.manifest.flow_class}/{pathspec}"
+        listed = "\n".join(f"- `{name}`" for name in names) or "(none)"
+        body = (
+            f"### Metaflow task `{full}`\n\nArtifacts:\n{listed}\n\n"
+            "```python\nfrom metaflow import Task, namespace\nnamespace(None)\n"
+            f"task = Task({full!r})\n"
+            + "".join(f"task.data.{name}\n" for name in names[:20])
+            + "```\n"
+        )
+        await acreate_markdown_artifact(
+            markdown=body,
+            key=_artifact_key(f"{step}-artifacts"),
+            description=f"Artifacts of {full}",
+        )
+
+
+def build_flow(manifest: Manifest, runner: engine.Runner) -> Any:
+    """A Prefect flow named after the pipeline; its parameters are the pipeline's, for display."""
+
+    async def pipeline(parameters: dict[str, Any]) -> str:
+        # The Metaflow run points back at the Prefect flow run that made it.
+        runner.ctx = replace(
+            runner.ctx, tags=runner.ctx.tags + (f"prefect_flow_run:{flow_run_info.id}",)
+        )
+        await runner.run()
+        return f"{manifest.flow_class}/{runner.ctx.run_id}"
+
+    return flow(
+        pipeline,
+        name=manifest.name,
+        flow_run_name=f"{manifest.name}",
+        timeout_seconds=manifest.deployment.timeout_seconds,
+        validate_parameters=False,
+        persist_result=False,
+        log_prints=False,
+    )
+
+
+async def resolve_secrets(manifest: Manifest) -> dict[str, str]:
+    """Values of the Prefect Secret blocks the manifest refers to, read once per run."""
+    blocks = engine.secret_blocks(manifest)
+    if not blocks:
+        return {}
+    from prefect.blocks.system import Secret
+
+    values: dict[str, str] = {}
+    for name in blocks:
+        block = await Secret.aload(name)
+        values[name] = str(block.get())
+    return values
+
+
+def run_manifest(
+    manifest: Manifest,
+    parameters: Mapping[str, Any],
+    *,
+    echo: Callable[[str], None] = lambda _: None,
+    run_id: str | None = None,
+    tags_: tuple[str, ...] = (),
+) -> RunSummary:
+    """Run the whole pipeline as one Prefect flow run, in this process. Raises StepFailed."""
+    values = commands.parameter_values(manifest, parameters)
+    datastore = Datastore.for_manifest(manifest)
+    run_id = run_id or engine.new_run_id()
+    secrets = asyncio.run(resolve_secrets(manifest))
+    ctx = commands.RunContext(
+        manifest=manifest,
+        python=engine.python_executable(),
+        flow_file=str(manifest.flow_path()),
+        datastore_root=datastore.root,
+        run_id=run_id,
+        tags=tuple(manifest.deployment.tags) + tuple(tags_),
+        base_env=dict(os.environ),
+    )
+    steps = PrefectSteps(manifest, datastore, {name: value for name, value in secrets.items()})
+    runner = engine.Runner(manifest, ctx, values, steps, datastore.read_artifact)
+    pathspec = f"{manifest.flow_class}/{run_id}"
+    echo(f"Metaflow run {pathspec}")
+    prefect_flow = build_flow(manifest, runner)
+    with tags("mfprefect", f"metaflow_run:{pathspec}"):
+        state = asyncio.run(prefect_flow(parameters=dict(values), return_state=True))
+    flow_run_id = str(state.state_details.flow_run_id) if state.state_details.flow_run_id else None
+    if state.is_failed() or state.is_crashed() or state.is_cancelled():
+        try:
+            state.result()
+        except engine.StepFailed:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - reported as one line
+            raise engine.RuntimeFailure(f"flow run {state.name.lower()}: {exc}") from None
+        raise engine.RuntimeFailure(f"flow run {state.name.lower()}")
+    return RunSummary(pathspec, flow_run_id)
