@@ -18,7 +18,18 @@ from .errors import MfprefectError, UsageError
 MANIFEST_SUFFIXES = (".yaml", ".yml")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Group(click.Group):
+    """Turns mfprefect's errors into their exit codes inside click, so every entry point agrees."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except MfprefectError as exc:
+            report(exc)
+            ctx.exit(exc.exit_code)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="mfprefect")
 def cli() -> None:
     """Run Metaflow pipelines on Prefect through a reviewable pipeline manifest."""
@@ -155,6 +166,24 @@ def export(flow_file: str, output: str, check: bool, **given: Any) -> None:
     sys.exit(code if code in (0, 1, 2) else 1)
 
 
+@cli.command(name="run")
+@click.argument("manifest")
+@click.option(
+    "--param", "params", multiple=True, metavar="NAME=VALUE", help="A parameter value (repeatable)."
+)
+@click.option("--tag", "tags", multiple=True, help="A Metaflow tag for the run (repeatable).")
+def run_command(manifest: str, params: tuple[str, ...], tags: tuple[str, ...]) -> None:
+    """Run the manifest's pipeline now, as one Prefect flow run (no server to set up)."""
+    from .manifest import load
+    from .runtime.commands import parse_assignments
+    from .runtime.local import run_locally
+
+    loaded = load(*manifest_files((manifest,))[0])
+    values = parse_assignments(loaded, params)
+    summary = run_locally(loaded, values, echo=lambda line: click.echo(line, err=True), tags=tags)
+    click.echo(f"mfprefect: run {summary.pathspec} completed", err=True)
+
+
 def metaflow_top_level_args(given: dict[str, Any]) -> list[str]:
     """Options that Metaflow takes before the subcommand."""
     args: list[str] = []
@@ -188,7 +217,7 @@ def export_args(given: dict[str, Any]) -> list[str]:
 def main(argv: list[str] | None = None) -> None:
     """Entry point: every mfprefect error becomes one line, a hint, and its exit code."""
     try:
-        cli.main(args=argv, prog_name="mfprefect", standalone_mode=False)
+        code = cli.main(args=argv, prog_name="mfprefect", standalone_mode=False)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.ClickException as exc:
@@ -209,6 +238,7 @@ def main(argv: list[str] | None = None) -> None:
         if os.environ.get("MFPREFECT_DEBUG"):
             raise
         sys.exit(3)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 def report(exc: MfprefectError) -> None:

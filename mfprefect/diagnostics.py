@@ -25,8 +25,8 @@ class Diagnostic:
 
     def text(self) -> str:
         """The one-line form people and editors read."""
-        where = f" {self.path}:" if self.path else ""
-        return f"{self.file}:{self.line}:{self.col}: {self.severity}[{self.rule}]{where} {self.message}"
+        where = f" {printable(self.path)}:" if self.path else ""
+        return f"{self.file}:{self.line}:{self.col}: {self.severity}[{self.rule}]{where} {printable(self.message)}"
 
     def github(self) -> str:
         """A GitHub Actions workflow command, so the problem shows on the pull request's diff."""
@@ -36,6 +36,21 @@ class Diagnostic:
             f"::{level} file={_gh_prop(self.file)},line={self.line},col={self.col},"
             f"title={_gh_prop(self.rule)}::{_gh_data(body)}"
         )
+
+
+def printable(text: str) -> str:
+    """Text safe to print on one terminal line: control characters and lone surrogates escaped,
+    so a hostile key cannot forge extra lines (or CI workflow commands) in our output."""
+    out = []
+    for ch in text:
+        code = ord(ch)
+        if code < 0x20 or 0x7F <= code < 0xA0:
+            out.append(f"\\x{code:02x}")
+        elif 0xD800 <= code <= 0xDFFF:
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append(ch)
+    return "".join(out)
 
 
 def did_you_mean(word: str, candidates: Iterable[str]) -> str:
@@ -72,6 +87,7 @@ def render(diagnostics: Sequence[Diagnostic], fmt: str) -> str:
 
 
 def _gh_data(value: str) -> str:
+    value = "".join(f"\\u{ord(ch):04x}" if 0xD800 <= ord(ch) <= 0xDFFF else ch for ch in value)
     return value.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
 
 

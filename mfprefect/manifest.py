@@ -293,7 +293,9 @@ def check_text(
     text: str | bytes, file: str = "<manifest>"
 ) -> tuple[yamlsafe.Document | None, list[Diagnostic]]:
     """Every diagnostic for manifest text (no flow-file checks: there is no folder to look in)."""
-    blob = text.encode("utf-8") if isinstance(text, str) else text
+    if isinstance(text, str):
+        text = text.encode("utf-8", "surrogatepass")  # a lone surrogate: reported as bad bytes
+    blob = text
     if len(blob) > yamlsafe.MAX_BYTES:
         return None, [
             Diagnostic(file, 1, 1, ERROR, "file.size", "", "text is larger than a manifest can be")
@@ -466,14 +468,11 @@ def _map_error(doc: yamlsafe.Document, error: Any) -> Iterator[Diagnostic]:
                     path, "schema.required", f"missing required field `{name}`", key=True
                 )
         return
-    if validator == "propertyNames":
-        inner = error.context[0] if error.context else None
-        key = inner.instance if inner is not None else instance
+    if "propertyNames" in error.relative_schema_path:
+        # jsonschema reports the failing keyword (pattern, maxLength) with the key as instance.
+        key = instance
         yield doc.diagnostic(
-            path + (key,),
-            "schema.name",
-            f"`{key}` is not {_expected(sub.get('propertyNames', {}))}",
-            key=True,
+            path + (key,), "schema.name", f"{_describe(key)} is not {_expected(sub)}", key=True
         )
         return
     if validator in ("anyOf", "oneOf"):
@@ -488,6 +487,8 @@ def _map_error(doc: yamlsafe.Document, error: Any) -> Iterator[Diagnostic]:
                 and not isinstance(instance, bool)
             )
         ]
+        if len(same_type) > 1 and isinstance(instance, dict):
+            same_type = [b for b in same_type if set(b.get("required", ())) <= set(instance)]
         if len(same_type) == 1 and error.context:
             index = branches.index(same_type[0])
             inner_errors = [e for e in error.context if e.schema_path and e.schema_path[0] == index]
@@ -591,13 +592,44 @@ def _start_of(successors: Mapping[str, tuple[str, ...] | list[str]]) -> str | No
     return roots[0] if roots else None
 
 
+class _Hints:
+    """ "Did you mean" suggestions, rationed: each one scans every name, so a file with thousands
+    of dangling references must not cost thousands of scans."""
+
+    def __init__(self, budget: int = 50) -> None:
+        self.budget = budget
+
+    def suggest(self, word: str, candidates: Any) -> str:
+        if self.budget <= 0:
+            return ""
+        self.budget -= 1
+        return did_you_mean(word, candidates)
+
+
 def _rule_diagnostics(doc: yamlsafe.Document) -> list[Diagnostic]:
     data = doc.data
     out: list[Diagnostic] = []
-    out += _graph_rules(doc, _mapping(data, "steps"))
+    hints = _Hints()
+    out += _graph_rules(doc, _mapping(data, "steps"), hints)
     out += _parameter_rules(doc, _mapping(data, "parameters"))
     out += _schedule_rules(doc, data.get("schedule"))
-    out += _trigger_rules(doc, data.get("triggers"), _mapping(data, "parameters"))
+    out += _trigger_rules(doc, data.get("triggers"), _mapping(data, "parameters"), hints)
+    out += _tag_rules(doc, _mapping(data, "deployment").get("tags"))
+    return out
+
+
+def _tag_rules(doc: yamlsafe.Document, tags: Any) -> list[Diagnostic]:
+    # Checked here rather than with the schema's uniqueItems, which compares every pair.
+    if not isinstance(tags, list):
+        return []
+    out: list[Diagnostic] = []
+    first: dict[str, int] = {}
+    for i, tag in enumerate(tags[:1000]):
+        if isinstance(tag, str) and tag in first:
+            message = f"tag `{tag}` is already listed at tags[{first[tag]}]"
+            out.append(doc.diagnostic(("deployment", "tags", i), "deployment.tags", message))
+        elif isinstance(tag, str):
+            first[tag] = i
     return out
 
 
@@ -611,7 +643,7 @@ _KIND_FIELDS = {
 }
 
 
-def _graph_rules(doc: yamlsafe.Document, steps: dict[str, Any]) -> list[Diagnostic]:
+def _graph_rules(doc: yamlsafe.Document, steps: dict[str, Any], hints: _Hints) -> list[Diagnostic]:
     out: list[Diagnostic] = []
     well_formed = {
         n: s for n, s in steps.items() if isinstance(s, dict) and s.get("kind") in STEP_KINDS
@@ -679,7 +711,7 @@ def _graph_rules(doc: yamlsafe.Document, steps: dict[str, Any]) -> list[Diagnost
                     doc.diagnostic(
                         ("steps", name) + ref,
                         "graph.next",
-                        f"no step named `{target}`{did_you_mean(target, names)}",
+                        f"no step named `{target}`{hints.suggest(target, names)}",
                     )
                 )
         successors[name] = list(dict.fromkeys(targets))
@@ -804,7 +836,7 @@ def _split_join_rules(
         kind = steps[node]["kind"]
         if kind == "join":
             tops = {context[p][-1] if context[p] else None for p in parents[node]}
-            if None in tops:
+            if None in tops or not tops:
                 out.append(
                     doc.diagnostic(
                         ("steps", node, "kind"),
@@ -949,7 +981,7 @@ def _schedule_rules(doc: yamlsafe.Document, schedule: Any) -> list[Diagnostic]:
 
 
 def _trigger_rules(
-    doc: yamlsafe.Document, triggers: Any, parameters: dict[str, Any]
+    doc: yamlsafe.Document, triggers: Any, parameters: dict[str, Any], hints: _Hints
 ) -> list[Diagnostic]:
     if not isinstance(triggers, list):
         return []
@@ -977,7 +1009,7 @@ def _trigger_rules(
                     doc.diagnostic(
                         ("triggers", i, "parameters", name),
                         "triggers.parameter",
-                        f"no parameter named `{name}`{did_you_mean(name, parameters)}",
+                        f"no parameter named `{name}`{hints.suggest(name, parameters)}",
                         key=True,
                     )
                 )

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from metaflow import parameters
 from metaflow._vendor import click
 from metaflow.exception import MetaflowException
 
@@ -59,6 +60,38 @@ def export_command(obj: Any, manifest: str, check: bool, **given: Any) -> None:
             click.echo(exc.hint, err=True)
         sys.exit(exc.exit_code)
     sys.exit(code)
+
+
+@parameters.add_custom_parameters(deploy_mode=False)
+@prefect.command(
+    name="run", help="Run this flow now on Prefect, as one flow run (no server to set up)."
+)
+@click.option("--tag", "run_tags", multiple=True, help="A Metaflow tag for the run (repeatable).")
+@click.pass_obj
+def run_command(obj: Any, run_tags: tuple[str, ...], **kwargs: Any) -> None:
+    from .manifest import from_data, validate_data
+    from .runtime.local import run_locally
+
+    data = export.build(obj, None, export.ExportOptions())
+    problems = [d for d in validate_data(data) if d.severity == "error"]
+    if problems:
+        raise UnsupportedFlow("\n".join(d.text() for d in problems))
+    manifest = from_data(data, str(Path.cwd() / "in-memory-manifest.yaml"))
+    values = {}
+    for name in manifest.parameters:
+        value = kwargs.get(name.replace("-", "_").lower())
+        if value is not None:
+            values[name] = value
+    try:
+        summary = run_locally(
+            manifest, values, echo=lambda line: click.echo(line, err=True), tags=run_tags
+        )
+    except MfprefectError as exc:
+        click.secho(f"mfprefect: {exc.message}", fg="red", err=True)
+        if exc.hint:
+            click.echo(exc.hint, err=True)
+        sys.exit(exc.exit_code)
+    click.echo(f"mfprefect: run {summary.pathspec} completed", err=True)
 
 
 def run_export(

@@ -8,12 +8,14 @@ non-UTF-8 bytes, and always answers with diagnostics rather than an exception fr
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from ruamel.yaml import YAML
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+from ruamel.yaml.reader import ReaderError
 
 from .diagnostics import ERROR, Diagnostic, path_text
 
@@ -32,6 +34,7 @@ _STR = "tag:yaml.org,2002:str"
 _MAP = "tag:yaml.org,2002:map"
 _SEQ = "tag:yaml.org,2002:seq"
 # YAML 1.2 resolves these from plain scalars; a manifest has no use for them, so keep the text.
+_SURROGATE = re.compile("[\ud800-\udfff]")
 _AS_TEXT = {"tag:yaml.org,2002:timestamp", "tag:yaml.org,2002:binary"}
 
 
@@ -107,10 +110,15 @@ def parse(blob: bytes, file: str) -> Document:
         raise YamlProblem(Diagnostic(file, 1, 1, ERROR, "file.empty", "", "file is empty"))
     try:
         root = YAML(typ="rt").compose(text)
+    except ReaderError as exc:
+        line, col = _position(text, int(exc.position))
+        message = f"character U+{int(exc.character):04X} is not allowed in YAML"
+        raise YamlProblem(Diagnostic(file, line, col, ERROR, "yaml", "", message)) from None
     except MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark is not None else (1, 1)
-        problem = exc.problem or exc.context or "invalid YAML"
+        parts = [part for part in (exc.context, exc.problem) if part]
+        problem = ", ".join(parts) if parts else "invalid YAML"
         raise YamlProblem(
             Diagnostic(file, line, col, ERROR, "yaml", "", _one_line(problem))
         ) from None
@@ -155,15 +163,24 @@ def problems_of(exc: BaseException) -> list[Diagnostic]:
 LoadError = (YamlProblem, _Problems)
 
 
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+
+
+def _position(text: str, offset: int) -> tuple[int, int]:
+    """1-based line and column (in characters) of `offset` in `text`, for any line-break style."""
+    breaks = list(_LINE_BREAK.finditer(text, 0, offset))
+    line_start = breaks[-1].end() if breaks else 0
+    return len(breaks) + 1, offset - line_start + 1
+
+
 def _decode(blob: bytes, file: str) -> str:
     if blob.startswith(b"\xef\xbb\xbf"):
         blob = blob[3:]
     try:
         text = blob.decode("utf-8")
     except UnicodeDecodeError as exc:
-        before = blob[: exc.start]
-        line = before.count(b"\n") + 1
-        col = exc.start - (before.rfind(b"\n") + 1) + 1
+        before = blob[: exc.start].decode("utf-8", "replace")
+        line, col = _position(before, len(before))
         raise YamlProblem(
             Diagnostic(
                 file,
@@ -176,9 +193,7 @@ def _decode(blob: bytes, file: str) -> str:
             )
         ) from None
     if "\x00" in text:
-        offset = text.index("\x00")
-        line = text.count("\n", 0, offset) + 1
-        col = offset - (text.rfind("\n", 0, offset) + 1) + 1
+        line, col = _position(text, text.index("\x00"))
         raise YamlProblem(
             Diagnostic(file, line, col, ERROR, "file.encoding", "", "NUL byte in file")
         )
@@ -256,6 +271,8 @@ class _Walker:
         for key_node, value_node in node.value:
             if self.stopped:
                 break
+            if str(key_node.tag) == "tag:yaml.org,2002:merge":
+                continue  # reported above, once
             if not isinstance(key_node, ScalarNode):
                 self._problem(key_node, path, "yaml.key", "a key must be a plain string")
                 continue
@@ -274,16 +291,29 @@ class _Walker:
                 )
                 continue
             self.doc.keys[child] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
+            if _is_empty(value_node):
+                # An empty value's mark is the next token's; the key's line is where it is.
+                self.doc.values[child] = (key_node.end_mark.line + 1, key_node.end_mark.column + 2)
             out[key] = self.convert(value_node, child, depth + 1)
         return out
 
     def _scalar(self, node: ScalarNode, path: Path, tag: str) -> Any:
         text = node.value
+        if _SURROGATE.search(text):
+            self._problem(
+                node, path, "yaml.unicode", "unpaired surrogate escape: not valid Unicode"
+            )
+            return ""
         if tag == _STR or tag in _AS_TEXT:
             return text
         if tag == _NULL:
             return None
         if tag == _BOOL:
+            if text.lower() not in ("true", "false"):
+                self._problem(
+                    node, path, "yaml.bool", f"`{text}` is not a boolean; write true or false"
+                )
+                return None
             return text.lower() == "true"
         if tag in (_INT, _FLOAT):
             if len(text) > MAX_NUMBER_CHARS:
@@ -319,3 +349,7 @@ def _parse_int(text: str) -> int:
         if body.lower().startswith(prefix):
             return sign * int(body[2:], base)
     return sign * int(body, 10)
+
+
+def _is_empty(node: Node) -> bool:
+    return isinstance(node, ScalarNode) and node.value == "" and str(node.tag) == _NULL

@@ -107,6 +107,44 @@ def parameter_values(manifest: Manifest, given: Mapping[str, Any]) -> dict[str, 
     return values
 
 
+def parse_value(spec: ParameterSpec, text: str) -> Any:
+    """A command-line string as a value of the parameter's type; UsageError when it is not one."""
+    try:
+        if spec.type == "int":
+            return int(text)
+        if spec.type == "float":
+            return float(text)
+        if spec.type == "json":
+            return json.loads(text)
+    except ValueError:
+        raise UsageError(f"parameter {spec.name}: {text!r} is not a valid {spec.type}") from None
+    if spec.type == "bool":
+        lowered = text.strip().lower()
+        if lowered in ("true", "1", "yes", "y", "on"):
+            return True
+        if lowered in ("false", "0", "no", "n", "off"):
+            return False
+        raise UsageError(f"parameter {spec.name}: {text!r} is not a valid bool (true or false)")
+    return text
+
+
+def parse_assignments(manifest: Manifest, assignments: tuple[str, ...]) -> dict[str, Any]:
+    """`--param name=value` pairs, typed by the manifest's parameter specs."""
+    values: dict[str, Any] = {}
+    for item in assignments:
+        name, sep, text = item.partition("=")
+        if not sep:
+            raise UsageError(f"--param {item!r} is not NAME=VALUE")
+        spec = manifest.parameters.get(name) or manifest.parameters.get(name.replace("_", "-"))
+        if spec is None:
+            known = ", ".join(manifest.parameters) or "none"
+            raise UsageError(
+                f"unknown parameter {name!r}", hint=f"this pipeline's parameters: {known}"
+            )
+        values[spec.name] = parse_value(spec, text)
+    return values
+
+
 def init_command(ctx: RunContext, task_id: str, values: Mapping[str, Any]) -> list[str]:
     """`init`: creates the `_parameters` task that holds the run's parameter values."""
     args = top_level(ctx) + ["init", "--run-id", ctx.run_id, "--task-id", task_id]
@@ -165,7 +203,7 @@ def environment(ctx: RunContext, step: str | None, resolve_secret: Any = None) -
         # Local metadata finds its folder through this variable, not --datastore-root.
         env["METAFLOW_DATASTORE_SYSROOT_LOCAL"] = os.path.dirname(ctx.datastore_root.rstrip("/"))
     if manifest.configs:
-        env["METAFLOW_FLOW_CONFIG_VALUE"] = json.dumps(dict(manifest.configs), sort_keys=True)
+        env["METAFLOW_FLOW_CONFIG_VALUE"] = json.dumps(dict(manifest.configs))
     layers: list[Mapping[str, EnvValue]] = [manifest.deployment.environment]
     if step is not None:
         layers.append(manifest.steps[step].environment)

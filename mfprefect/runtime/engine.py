@@ -205,7 +205,7 @@ async def run_process(
     pumps = asyncio.gather(pump(proc.stdout, out, "stdout"), pump(proc.stderr, err, "stderr"))
     timed_out = False
     try:
-        await asyncio.wait_for(asyncio.shield(_wait_all(proc, pumps)), timeout)
+        await asyncio.wait_for(proc.wait(), timeout)
     except asyncio.TimeoutError:
         timed_out = True
         await _kill_group(proc)
@@ -215,16 +215,15 @@ async def run_process(
     finally:
         if proc.returncode is None:
             await _kill_group(proc)
+        # A step that exited may have left children behind in its group (holding its output
+        # pipes open, too): none may outlive it.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
         with contextlib.suppress(BaseException):
             await asyncio.wait_for(pumps, 5)
     return ProcessOutcome(
         proc.returncode if proc.returncode is not None else -9, out, err, timed_out
     )
-
-
-async def _wait_all(proc: asyncio.subprocess.Process, pumps: Awaitable[Any]) -> None:
-    await pumps
-    await proc.wait()
 
 
 async def _kill_group(proc: asyncio.subprocess.Process) -> None:

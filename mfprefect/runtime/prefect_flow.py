@@ -164,7 +164,8 @@ def build_flow(manifest: Manifest, runner: engine.Runner) -> Any:
         await runner.run()
         return f"{manifest.flow_class}/{runner.ctx.run_id}"
 
-    return flow(
+    make_flow: Any = flow
+    return make_flow(
         pipeline,
         name=manifest.name,
         flow_run_name=f"{manifest.name}",
@@ -184,7 +185,7 @@ async def resolve_secrets(manifest: Manifest) -> dict[str, str]:
 
     values: dict[str, str] = {}
     for name in blocks:
-        block = await Secret.aload(name)
+        block: Any = await Secret.aload(name)
         values[name] = str(block.get())
     return values
 
@@ -211,6 +212,10 @@ def run_manifest(
         tags=tuple(manifest.deployment.tags) + tuple(tags_),
         base_env=dict(os.environ),
     )
+    # Every reference must resolve before anything runs: a missing variable is a usage error,
+    # not a step failure half-way through the run.
+    for step in [None, *manifest.steps]:
+        commands.environment(ctx, step, secrets.get)
     steps = PrefectSteps(manifest, datastore, {name: value for name, value in secrets.items()})
     runner = engine.Runner(manifest, ctx, values, steps, datastore.read_artifact)
     pathspec = f"{manifest.flow_class}/{run_id}"

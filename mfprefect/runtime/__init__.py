@@ -1,0 +1,1 @@
+"""What runs inside Prefect, and the local Prefect server mfprefect starts on demand."""

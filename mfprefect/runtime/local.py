@@ -1,0 +1,27 @@
+"""Local runs: make sure a Prefect server is there (starting mfprefect's own if needed), then run."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from ..manifest import Manifest
+
+
+def run_locally(
+    manifest: Manifest,
+    parameters: Mapping[str, Any],
+    *,
+    echo: Callable[[str], None],
+    tags: tuple[str, ...] = (),
+) -> Any:
+    """Run the pipeline in this process against PREFECT_API_URL or mfprefect's local server."""
+    from . import local_server
+
+    os.environ["PREFECT_API_URL"] = local_server.ensure_server(echo)
+    from .prefect_flow import run_manifest
+
+    summary = run_manifest(manifest, parameters, echo=echo, tags_=tags)
+    local_server.touch()
+    return summary

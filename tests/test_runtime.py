@@ -1,0 +1,230 @@
+"""Runs on a real Prefect server (started by the fixture) compared with Metaflow's own `run`."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import EXAMPLES, flow_cli, flow_env, mfprefect, run
+
+HERE = Path(__file__).resolve().parent
+FLOWS = HERE / "flows"
+EXAMPLE_FLOWS = sorted(EXAMPLES.glob("*_flow.py"))
+EXTRA_ARGS = {"parameters_flow": ["--dataset", "d1"]}
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """mfprefect's own local server in a private MFPREFECT_HOME, stopped at the end."""
+    home = tmp_path_factory.mktemp("mfprefect-home")
+    env = flow_env(home)
+    env["MFPREFECT_HOME"] = str(home)
+    env.pop("PREFECT_API_URL", None)
+    probe = run(
+        [
+            sys.executable,
+            "-c",
+            "from mfprefect.runtime import local_server as s; print(s.ensure_server())",
+        ],
+        env=env,
+        timeout=120,
+    )
+    assert probe.returncode == 0, probe.stderr
+    env["_API_URL"] = probe.stdout.strip().splitlines()[-1]
+    yield env
+    stopped = run(
+        [sys.executable, "-m", "mfprefect.runtime.local_server", "stop"], env=env, timeout=60
+    )
+    assert stopped.returncode == 0, stopped.stderr
+
+
+def _pathspec(stderr: str) -> str:
+    match = re.search(r"run (\w+/prefect-[0-9a-f]+) completed", stderr)
+    assert match, stderr[-3000:]
+    return match.group(1)
+
+
+def _dump(pathspec: str, env: dict[str, str]) -> dict:
+    result = run([sys.executable, str(HERE / "dump_run.py"), pathspec], env=env)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def _api(env: dict[str, str], path: str, body: dict) -> list[dict]:
+    request = urllib.request.Request(
+        env["_API_URL"] + path,
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def _metaflow_run(flow: Path, env: dict[str, str], tmp_path: Path, *args: str) -> str:
+    id_file = tmp_path / "run-id"
+    result = flow_cli(flow, "run", "--run-id-file", str(id_file), *args, env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return f"{_flow_class(flow)}/{id_file.read_text().strip()}"
+
+
+def _flow_class(flow: Path) -> str:
+    return re.search(r"^class (\w+)\(FlowSpec\)", flow.read_text(), re.M).group(1)  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("flow", EXAMPLE_FLOWS, ids=lambda p: p.stem)
+def test_example_matches_metaflow_run(flow: Path, server: dict[str, str], tmp_path: Path) -> None:
+    """Every example, through `mfprefect run` of its manifest, gives Metaflow's own artifacts."""
+    env = dict(server, METAFLOW_DATASTORE_SYSROOT_LOCAL=str(tmp_path / "ds"))
+    extra = EXTRA_ARGS.get(flow.stem, [])
+    native = _dump(_metaflow_run(flow, env, tmp_path, *extra), env)
+    params = [f"--param={extra[0][2:]}={extra[1]}"] if extra else []
+    ours = mfprefect("run", str(flow.with_suffix(".yaml")), *params, env=env, cwd=tmp_path)
+    assert ours.returncode == 0, ours.stderr[-3000:]
+    pathspec = _pathspec(ours.stderr)
+    mine = _dump(pathspec, env)
+    assert mine["successful"] and mine["finished"]
+    assert sorted(mine["steps"]) == sorted(native["steps"])
+    for step, tasks in native["steps"].items():
+        assert [t["data"] for t in mine["steps"][step]] == [t["data"] for t in tasks], step
+    assert any(tag.startswith("prefect_flow_run:") for tag in mine["tags"])
+    # Prefect recorded one completed task run per Metaflow task (plus _parameters), under the flow run.
+    flow_run_id = next(
+        t.split(":", 1)[1] for t in mine["tags"] if t.startswith("prefect_flow_run:")
+    )
+    task_runs = _api(
+        server, "/task_runs/filter", {"flow_runs": {"id": {"any_": [flow_run_id]}}, "limit": 200}
+    )
+    metaflow_tasks = sum(len(tasks) for tasks in mine["steps"].values()) + 1
+    assert len(task_runs) == metaflow_tasks
+    assert all(tr["state"]["type"] == "COMPLETED" for tr in task_runs)
+    flow_run = _api(server, "/flow_runs/filter", {"flow_runs": {"id": {"any_": [flow_run_id]}}})[0]
+    assert flow_run["state"]["type"] == "COMPLETED"
+    assert f"metaflow_run:{pathspec}" in flow_run["tags"]
+
+
+def test_metaflow_form_runs_with_cli_parameters(server: dict[str, str], tmp_path: Path) -> None:
+    env = dict(server, METAFLOW_DATASTORE_SYSROOT_LOCAL=str(tmp_path / "ds"))
+    result = flow_cli(
+        EXAMPLES / "parameters_flow.py",
+        "prefect",
+        "run",
+        "--dataset",
+        "abc",
+        "--count",
+        "9",
+        "--learning-rate",
+        "0.25",
+        "--verbose",
+        "true",
+        "--settings",
+        '{"x": [1]}',
+        env=env,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    data = _dump(_pathspec(result.stderr), env)["steps"]["start"][0]["data"]
+    assert data["dataset_value"] == "'abc'" and data["count_value"] == "9"
+    assert data["learning_rate_value"] == "0.25" and data["verbose_value"] == "True"
+    assert data["settings_value"] == "{'x': [1]}" and data["computed_value"] == "'computed'"
+
+
+def test_missing_required_parameter_is_a_usage_error(
+    server: dict[str, str], tmp_path: Path
+) -> None:
+    result = mfprefect("run", str(EXAMPLES / "parameters_flow.yaml"), env=server, cwd=tmp_path)
+    assert result.returncode == 2
+    assert (
+        "missing required parameter(s): dataset" in result.stderr
+        and "Traceback" not in result.stderr
+    )
+    bad = mfprefect(
+        "run",
+        str(EXAMPLES / "parameters_flow.yaml"),
+        "--param",
+        "count=many",
+        "--param",
+        "dataset=x",
+        env=server,
+        cwd=tmp_path,
+    )
+    assert bad.returncode == 2 and "'many' is not a valid int" in bad.stderr
+
+
+def test_failure_stops_downstream_and_names_the_step(
+    server: dict[str, str], tmp_path: Path
+) -> None:
+    env = dict(server, METAFLOW_DATASTORE_SYSROOT_LOCAL=str(tmp_path / "ds"))
+    result = flow_cli(FLOWS / "fail_flow.py", "prefect", "run", env=env, cwd=tmp_path)
+    assert result.returncode == 3
+    match = re.search(r"step failed: (FailFlow/prefect-[0-9a-f]+)/boom/t\d+", result.stderr)
+    assert match, result.stderr[-3000:]
+    assert "deliberate failure in boom" in result.stderr
+    dumped = _dump(match.group(1), env)
+    assert not dumped["successful"]
+    assert "join" not in dumped["steps"] and "end" not in dumped["steps"]
+    assert "about to fail" in dumped["steps"]["boom"][0]["stdout"]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return not (stat.exists() and stat.read_text().split()[2] == "Z")
+
+
+def test_timeout_stops_the_whole_process_group(server: dict[str, str], tmp_path: Path) -> None:
+    env = dict(
+        server,
+        METAFLOW_DATASTORE_SYSROOT_LOCAL=str(tmp_path / "ds"),
+        HANG_PID_FILE=str(tmp_path / "pids"),
+    )
+    started = time.monotonic()
+    result = flow_cli(FLOWS / "hang_flow.py", "prefect", "run", env=env, cwd=tmp_path)
+    assert result.returncode == 3, result.stderr[-3000:]
+    assert time.monotonic() - started < 60
+    assert "/hang/" in result.stderr
+    pids = [int(p) for p in (tmp_path / "pids").read_text().split()]
+    deadline = time.monotonic() + 10
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not [p for p in pids if _alive(p)], "a step process outlived its timeout"
+
+
+def test_logs_reach_metaflow_and_references_stay_secret(
+    server: dict[str, str], tmp_path: Path
+) -> None:
+    secret = "tok-5f2e9a-very-secret"
+    env = dict(server, METAFLOW_DATASTORE_SYSROOT_LOCAL=str(tmp_path / "ds"), API_TOKEN=secret)
+    manifest = tmp_path / "print_env.yaml"
+    exported = flow_cli(FLOWS / "print_env_flow.py", "prefect", "export", str(manifest), env=env)
+    assert exported.returncode == 0, exported.stderr
+    text = manifest.read_text().replace(
+        "      GREETING: hello\n", "      GREETING: hello\n      API_TOKEN: {env: API_TOKEN}\n"
+    )
+    manifest.write_text(text)
+    assert secret not in text
+    result = mfprefect("run", str(manifest), env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert secret not in result.stdout + result.stderr
+    dumped = _dump(_pathspec(result.stderr), env)
+    start = dumped["steps"]["start"][0]
+    assert start["data"]["greeting"] == "'hello'" and start["data"]["token_length"] == str(
+        len(secret)
+    )
+    assert "hello from start" in start["stdout"] and "token is ***" in start["stdout"]
+    assert secret not in start["stdout"]
+    unset = dict(env)
+    unset.pop("API_TOKEN")
+    missing = mfprefect("run", str(manifest), env=unset, cwd=tmp_path)
+    assert missing.returncode == 2 and "API_TOKEN is not set" in missing.stderr
