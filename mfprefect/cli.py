@@ -184,6 +184,52 @@ def run_command(manifest: str, params: tuple[str, ...], tags: tuple[str, ...]) -
     click.echo(f"mfprefect: run {summary.pathspec} completed", err=True)
 
 
+@cli.command(name="resume")
+@click.argument("manifest")
+@click.option(
+    "--clone-run-id",
+    required=True,
+    help="The Metaflow run id to resume (its successful tasks are reused).",
+)
+@click.option("--tag", "tags", multiple=True, help="A Metaflow tag for the new run (repeatable).")
+def resume_command(manifest: str, clone_run_id: str, tags: tuple[str, ...]) -> None:
+    """Re-run what failed in an earlier run, reusing every task that succeeded."""
+    from .manifest import load
+    from .runtime.local import run_locally
+
+    loaded = load(*manifest_files((manifest,))[0])
+    echo = lambda line: click.echo(line, err=True)  # noqa: E731
+    summary = run_locally(loaded, {}, echo=echo, tags=tags, clone_run_id=clone_run_id)
+    click.echo(f"mfprefect: run {summary.pathspec} completed", err=True)
+
+
+@cli.command(name="compile")
+@click.argument("manifest")
+@click.argument("output")
+def compile_command(manifest: str, output: str) -> None:
+    """Write OUTPUT, a Python file that runs the pipeline: `python OUTPUT --PARAM VALUE`."""
+    from .compile import render
+    from .errors import ManifestError
+    from .manifest import check_file
+
+    path, shown = manifest_files((manifest,))[0]
+    doc, diagnostics = check_file(path, shown)
+    errors = [d for d in diagnostics if d.severity == "error"]
+    if doc is None or errors:
+        raise ManifestError(f"{shown}: {len(errors)} problem(s) in the manifest", errors)
+    write_text(output, render(doc.data, path, output))
+    click.echo(f"{output}: written", err=True)
+
+
+def write_text(path: str, text: str) -> None:
+    """Write a file whole or not at all (temporary file, then rename)."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(target)
+
+
 def metaflow_top_level_args(given: dict[str, Any]) -> list[str]:
     """Options that Metaflow takes before the subcommand."""
     args: list[str] = []

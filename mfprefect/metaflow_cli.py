@@ -69,29 +69,72 @@ def export_command(obj: Any, manifest: str, check: bool, **given: Any) -> None:
 @click.option("--tag", "run_tags", multiple=True, help="A Metaflow tag for the run (repeatable).")
 @click.pass_obj
 def run_command(obj: Any, run_tags: tuple[str, ...], **kwargs: Any) -> None:
-    from .manifest import from_data, validate_data
+    from .manifest import from_data
     from .runtime.local import run_locally
 
-    data = export.build(obj, None, export.ExportOptions())
-    problems = [d for d in validate_data(data) if d.severity == "error"]
-    if problems:
-        raise UnsupportedFlow("\n".join(d.text() for d in problems))
+    data = _checked_data(obj)
     manifest = from_data(data, str(Path.cwd() / "in-memory-manifest.yaml"))
     values = {}
     for name in manifest.parameters:
         value = kwargs.get(name.replace("-", "_").lower())
         if value is not None:
             values[name] = value
+    echo = lambda line: click.echo(line, err=True)  # noqa: E731
+    _report_run(lambda: run_locally(manifest, values, echo=echo, tags=run_tags))
+
+
+@prefect.command(
+    name="resume", help="Re-run what failed in an earlier run, reusing what succeeded."
+)
+@click.option("--clone-run-id", required=True, help="The Metaflow run id to resume.")
+@click.option(
+    "--tag", "run_tags", multiple=True, help="A Metaflow tag for the new run (repeatable)."
+)
+@click.pass_obj
+def resume_command(obj: Any, clone_run_id: str, run_tags: tuple[str, ...]) -> None:
+    from .manifest import from_data
+    from .runtime.local import run_locally
+
+    manifest = from_data(_checked_data(obj), str(Path.cwd() / "in-memory-manifest.yaml"))
+    echo = lambda line: click.echo(line, err=True)  # noqa: E731
+    _report_run(
+        lambda: run_locally(manifest, {}, echo=echo, tags=run_tags, clone_run_id=clone_run_id)
+    )
+
+
+def _report_run(start: Any) -> None:
+    """Run, then print the outcome as one line (errors with their hint) and exit accordingly."""
     try:
-        summary = run_locally(
-            manifest, values, echo=lambda line: click.echo(line, err=True), tags=run_tags
-        )
+        summary = start()
     except MfprefectError as exc:
         click.secho(f"mfprefect: {exc.message}", fg="red", err=True)
         if exc.hint:
             click.echo(exc.hint, err=True)
         sys.exit(exc.exit_code)
     click.echo(f"mfprefect: run {summary.pathspec} completed", err=True)
+
+
+@prefect.command(name="compile", help="Write OUTPUT, a Python file that runs this flow on Prefect.")
+@click.argument("output")
+@click.pass_obj
+def compile_command(obj: Any, output: str) -> None:
+    from .cli import write_text
+    from .compile import render
+
+    data = _checked_data(obj)
+    write_text(output, render(data, None, output))
+    click.echo(f"{output}: written", err=True)
+
+
+def _checked_data(obj: Any) -> dict[str, Any]:
+    """The flow's manifest data, built in memory and validated like a file would be."""
+    from .manifest import validate_data
+
+    data = export.build(obj, None, export.ExportOptions())
+    problems = [d for d in validate_data(data) if d.severity == "error"]
+    if problems:
+        raise UnsupportedFlow("\n".join(d.text() for d in problems))
+    return data
 
 
 def run_export(
@@ -152,9 +195,8 @@ def run_export(
     if existing == text:
         click.echo(f"{manifest}: unchanged", err=True)
         return 0
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(target)
+    from .cli import write_text
+
+    write_text(manifest, text)
     click.echo(f"{manifest}: written", err=True)
     return 0

@@ -228,3 +228,117 @@ def test_logs_reach_metaflow_and_references_stay_secret(
     unset.pop("API_TOKEN")
     missing = mfprefect("run", str(manifest), env=unset, cwd=tmp_path)
     assert missing.returncode == 2 and "API_TOKEN is not set" in missing.stderr
+
+
+def test_resume_reuses_what_succeeded(server: dict[str, str], tmp_path: Path) -> None:
+    log = tmp_path / "ran"
+    env = dict(server, METAFLOW_DATASTORE_SYSROOT_LOCAL=str(tmp_path / "ds"), RESUME_LOG=str(log))
+    failed = flow_cli(
+        FLOWS / "resume_flow.py", "prefect", "run", env=dict(env, RESUME_FAIL="1"), cwd=tmp_path
+    )
+    assert failed.returncode == 3
+    origin = re.search(r"ResumeFlow/(prefect-[0-9a-f]+)/body", failed.stderr).group(1)  # type: ignore[union-attr]
+    assert sorted(log.read_text().split()) == ["body0", "body1", "body2", "start"]
+    log.unlink()
+    resumed = flow_cli(
+        FLOWS / "resume_flow.py",
+        "prefect",
+        "resume",
+        "--clone-run-id",
+        origin,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    # Only the failed task and what follows it ran user code; the rest was cloned.
+    assert sorted(log.read_text().split()) == ["body1", "end", "join"]
+    dumped = _dump(_pathspec(resumed.stderr), env)
+    assert dumped["successful"]
+    assert [t["data"]["squares"] for t in dumped["steps"]["join"]] == ["[0, 1, 4]"]
+    assert len(dumped["steps"]["body"]) == 3
+    # The standalone form resumes the same way.
+    manifest = tmp_path / "resume.yaml"
+    assert (
+        flow_cli(FLOWS / "resume_flow.py", "prefect", "export", str(manifest), env=env).returncode
+        == 0
+    )
+    again = mfprefect(
+        "resume",
+        str(manifest),
+        "--clone-run-id",
+        _pathspec(resumed.stderr).split("/")[1],
+        env=env,
+        cwd=tmp_path,
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    missing = mfprefect(
+        "resume", str(manifest), "--clone-run-id", "prefect-nonexistent", env=env, cwd=tmp_path
+    )
+    assert missing.returncode == 2 and "no run ResumeFlow/prefect-nonexistent" in missing.stderr
+
+
+INJECTION = "x'''\"); __import__('os').system('touch PWNED') #{{ 7*7 }} $(touch PWNED2)"
+
+
+def test_compiled_file_runs_and_keeps_values_as_data(
+    server: dict[str, str], tmp_path: Path
+) -> None:
+    env = dict(server, METAFLOW_DATASTORE_SYSROOT_LOCAL=str(tmp_path / "ds"))
+    source = (EXAMPLES / "parameters_flow.yaml").read_text()
+    manifest = tmp_path / "manifests" / "params.yaml"
+    manifest.parent.mkdir()
+    relative = os.path.relpath(EXAMPLES / "parameters_flow.py", manifest.parent)
+    text = source.replace("file: parameters_flow.py", f"file: {relative}")
+    text = text.replace("default: world", "default: " + json.dumps(INJECTION))
+    manifest.write_text(text)
+    out = tmp_path / "build" / "run_params.py"
+    compiled = mfprefect("compile", str(manifest), str(out), env=env, cwd=tmp_path)
+    assert compiled.returncode == 0, compiled.stderr
+    body = out.read_text()
+    import ast
+
+    tree = ast.parse(body)
+    calls = [node.func for node in ast.walk(tree) if isinstance(node, ast.Call)]
+    named = sorted(f.attr if isinstance(f, ast.Attribute) else f.id for f in calls)  # type: ignore[union-attr]
+    assert named == ["exit", "loads", "main"]  # the payload is inside one string literal, not code
+    result = run(
+        [sys.executable, str(out), "--dataset", "d9", "--count", "5"], env=env, cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    data = _dump(_pathspec(result.stderr), env)["steps"]["start"][0]["data"]
+    assert data["count_value"] == "5" and data["dataset_value"] == "'d9'"
+    assert data["greeting_value"] == repr(INJECTION)
+    assert not list(tmp_path.glob("PWNED*")) and not list(Path.cwd().glob("PWNED*"))
+    # The Metaflow form compiles the same pipeline from the flow itself.
+    direct = tmp_path / "direct.py"
+    assert (
+        flow_cli(
+            EXAMPLES / "foreach_flow.py", "prefect", "compile", str(direct), env=env, cwd=tmp_path
+        ).returncode
+        == 0
+    )
+    ran = run([sys.executable, str(direct)], env=env, cwd=tmp_path)
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    assert _dump(_pathspec(ran.stderr), env)["successful"]
+
+
+def test_each_step_gets_a_prefect_artifact(server: dict[str, str], tmp_path: Path) -> None:
+    env = dict(server, METAFLOW_DATASTORE_SYSROOT_LOCAL=str(tmp_path / "ds"))
+    result = mfprefect("run", str(EXAMPLES / "linear_flow.yaml"), env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    pathspec = _pathspec(result.stderr)
+    flow_run_id = next(
+        t.split(":", 1)[1]
+        for t in _dump(pathspec, env)["tags"]
+        if t.startswith("prefect_flow_run:")
+    )
+    artifacts = _api(
+        server, "/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [flow_run_id]}}}
+    )
+    assert sorted(a["key"] for a in artifacts) == [
+        "end-artifacts",
+        "middle-artifacts",
+        "start-artifacts",
+    ]
+    middle = next(a for a in artifacts if a["key"] == "middle-artifacts")["data"]
+    assert f"Task('{pathspec}/middle/" in middle and "task.data." in middle

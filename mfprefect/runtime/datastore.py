@@ -88,3 +88,45 @@ class Datastore:
             )
 
         ds.save_logs(RUNTIME_LOG_SOURCE, {"stdout": encode(stdout), "stderr": encode(stderr)})
+
+    def origin_tasks(
+        self, run_id: str
+    ) -> tuple[dict[tuple[str, tuple[int, ...], int], str], dict[str, Any]]:
+        """What a resume reuses from run `run_id`: its successful tasks, keyed by (step, foreach
+        indices, nth time at those indices), and the artifacts of its `_parameters` task."""
+        done = self._fds().get_task_datastores(run_id=run_id, allow_not_done=False, mode="r")
+        if not done:
+            from ..errors import UsageError
+
+            raise UsageError(
+                f"no run {self.flow_name}/{run_id} in the datastore at {self.root}",
+                hint="check --clone-run-id, and run from where the original run's datastore is",
+            )
+        parameters: dict[str, Any] = {}
+        grouped: dict[tuple[str, tuple[int, ...]], list[tuple[Any, str]]] = {}
+        for ds in done:
+            if ds.step_name == "_parameters":
+                parameters = {
+                    name: ds[name]
+                    for name in getattr(ds, "_objects", {})
+                    if not name.startswith("_")
+                }
+                continue
+            if not ds["_task_ok"]:
+                continue
+            stack = ds["_foreach_stack"] if "_foreach_stack" in ds else []
+            indices = tuple(int(frame.index) for frame in stack or [])
+            grouped.setdefault((ds.step_name, indices), []).append(
+                (_task_order(ds.task_id), ds.task_id)
+            )
+        clones: dict[tuple[str, tuple[int, ...], int], str] = {}
+        for (step, indices), tasks in grouped.items():
+            for nth, (_, task_id) in enumerate(sorted(tasks)):
+                clones[(step, indices, nth)] = task_id
+        return clones, parameters
+
+
+def _task_order(task_id: str) -> tuple[int, str]:
+    """Launch order of a task id: ours are `t<n>`, Metaflow's own runtime uses plain integers."""
+    digits = task_id.lstrip("t")
+    return (int(digits), task_id) if digits.isdigit() else (1 << 62, task_id)

@@ -78,16 +78,43 @@ class Runner:
     parameters: Mapping[str, Any]
     run_task: Callable[..., Awaitable[TaskResult]]
     read_artifact: Callable[[str, int, str], Any]
-    clone_from: Mapping[tuple[str, tuple[int, ...]], str] = field(default_factory=dict)
+    # Resume: origin task ids by (step, foreach indices, nth time that step ran at those indices).
+    clone_from: Mapping[tuple[str, tuple[int, ...], int], str] = field(default_factory=dict)
     origin_run_id: str | None = None
     _counter: int = 0
+    _occurrences: dict[tuple[str, tuple[int, ...]], int] = field(default_factory=dict)
+    _fresh: set[str] = field(default_factory=set)
 
     def new_task_id(self) -> str:
         self._counter += 1
         return f"t{self._counter}"
 
+    def _clone_source(self, step: str, indices: tuple[int, ...], inputs: list[str]) -> str | None:
+        """The origin task to copy instead of running `step`, on resume; None to run it.
+
+        A task is cloned only if it succeeded in the origin run and none of its inputs was
+        re-run here: once something re-runs, everything after it runs too.
+        """
+        key = (step, indices)
+        nth = self._occurrences.get(key, 0)
+        self._occurrences[key] = nth + 1
+        if not self.clone_from or any(path in self._fresh for path in inputs):
+            return None
+        return self.clone_from.get((step, indices, nth))
+
+    async def _run_step(
+        self, step: str, inputs: list[str], split_index: int | None, indices: tuple[int, ...]
+    ) -> TaskResult:
+        clone_of = self._clone_source(step, indices, inputs)
+        result = await self.run_task(
+            self, step, self.new_task_id(), inputs, split_index, indices, clone_of
+        )
+        if clone_of is None:
+            self._fresh.add(result.pathspec)
+        return result
+
     async def run(self) -> None:
-        params = await self.run_task(self, "_parameters", "t0", [], None, ())
+        params = await self.run_task(self, "_parameters", "t0", [], None, (), None)
         await self.segment(self.manifest.start_step, [params.pathspec], None, None, ())
 
     async def segment(
@@ -103,9 +130,7 @@ class Runner:
         current, current_inputs, index = step, inputs, split_index
         while current != until:
             spec = steps[current]
-            result = await self.run_task(
-                self, current, self.new_task_id(), current_inputs, index, indices
-            )
+            result = await self._run_step(current, current_inputs, index, indices)
             index = None
             if spec.kind == "end":
                 return []

@@ -15,6 +15,7 @@ def run_locally(
     *,
     echo: Callable[[str], None],
     tags: tuple[str, ...] = (),
+    clone_run_id: str | None = None,
 ) -> Any:
     """Run the pipeline in this process against PREFECT_API_URL or mfprefect's local server."""
     from . import local_server
@@ -22,6 +23,6 @@ def run_locally(
     os.environ["PREFECT_API_URL"] = local_server.ensure_server(echo)
     from .prefect_flow import run_manifest
 
-    summary = run_manifest(manifest, parameters, echo=echo, tags_=tags)
+    summary = run_manifest(manifest, parameters, echo=echo, tags_=tags, clone_run_id=clone_run_id)
     local_server.touch()
     return summary

@@ -61,6 +61,7 @@ class PrefectSteps:
         inputs: list[str],
         split_index: int | None,
         indices: tuple[int, ...],
+        clone_of: str | None = None,
     ) -> engine.TaskResult:
         spec = self.manifest.steps.get(step)
         options: dict[str, Any] = {
@@ -74,8 +75,12 @@ class PrefectSteps:
             _, total = commands.max_retries(self.manifest, step)
             options["retries"] = total
             options["retry_delay_seconds"] = spec.retries.delay_seconds if spec.retries else 0
+        if clone_of is not None:
+            options["task_run_name"] += " (cloned)"
         runnable = task(self._attempt, **options)
-        result: engine.TaskResult = await runnable(runner, step, task_id, inputs, split_index)
+        result: engine.TaskResult = await runnable(
+            runner, step, task_id, inputs, split_index, clone_of
+        )
         return result
 
     async def _attempt(
@@ -85,6 +90,7 @@ class PrefectSteps:
         task_id: str,
         inputs: list[str],
         split_index: int | None,
+        clone_of: str | None = None,
     ) -> engine.TaskResult:
         attempt = max(int(task_run_info.run_count or 1) - 1, 0)
         ctx = runner.ctx
@@ -94,8 +100,16 @@ class PrefectSteps:
             args = commands.init_command(ctx, task_id, runner.parameters)
             env = commands.environment(ctx, None, self.secrets.get)
         else:
+            origin = runner.origin_run_id
             args = commands.step_command(
-                ctx, step, task_id, inputs, split_index=split_index, retry_count=attempt
+                ctx,
+                step,
+                task_id,
+                inputs,
+                split_index=split_index,
+                retry_count=attempt,
+                clone_only=f"{origin}/{step}/{clone_of}" if clone_of else None,
+                clone_run_id=origin,
             )
             env = commands.environment(ctx, step, self.secrets.get)
         masked = list(self.secrets.values()) + commands.secret_values(
@@ -197,10 +211,19 @@ def run_manifest(
     echo: Callable[[str], None] = lambda _: None,
     run_id: str | None = None,
     tags_: tuple[str, ...] = (),
+    clone_run_id: str | None = None,
 ) -> RunSummary:
-    """Run the whole pipeline as one Prefect flow run, in this process. Raises StepFailed."""
-    values = commands.parameter_values(manifest, parameters)
+    """Run the whole pipeline as one Prefect flow run, in this process. Raises StepFailed.
+
+    With `clone_run_id` it is a resume: tasks that succeeded in that run are copied (no user
+    code runs) and the rest run, with the original run's parameter values.
+    """
     datastore = Datastore.for_manifest(manifest)
+    clones: dict[tuple[str, tuple[int, ...], int], str] = {}
+    if clone_run_id:
+        clones, stored = datastore.origin_tasks(clone_run_id)
+        parameters = {**_parameters_from_artifacts(manifest, stored), **parameters}
+    values = commands.parameter_values(manifest, parameters)
     run_id = run_id or engine.new_run_id()
     secrets = asyncio.run(resolve_secrets(manifest))
     ctx = commands.RunContext(
@@ -217,7 +240,15 @@ def run_manifest(
     for step in [None, *manifest.steps]:
         commands.environment(ctx, step, secrets.get)
     steps = PrefectSteps(manifest, datastore, {name: value for name, value in secrets.items()})
-    runner = engine.Runner(manifest, ctx, values, steps, datastore.read_artifact)
+    runner = engine.Runner(
+        manifest,
+        ctx,
+        values,
+        steps,
+        datastore.read_artifact,
+        clone_from=clones,
+        origin_run_id=clone_run_id,
+    )
     pathspec = f"{manifest.flow_class}/{run_id}"
     echo(f"Metaflow run {pathspec}")
     prefect_flow = build_flow(manifest, runner)
@@ -233,3 +264,14 @@ def run_manifest(
             raise engine.RuntimeFailure(f"flow run {state.name.lower()}: {exc}") from None
         raise engine.RuntimeFailure(f"flow run {state.name.lower()}")
     return RunSummary(pathspec, flow_run_id)
+
+
+def _parameters_from_artifacts(manifest: Manifest, stored: Mapping[str, Any]) -> dict[str, Any]:
+    """Parameter values of an earlier run, found under their attribute names (`a-b` is `a_b`)."""
+    values: dict[str, Any] = {}
+    for name in manifest.parameters:
+        for candidate in (name, name.replace("-", "_"), name.replace("-", "_").lower()):
+            if candidate in stored:
+                values[name] = stored[candidate]
+                break
+    return values
