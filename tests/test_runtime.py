@@ -342,3 +342,205 @@ def test_each_step_gets_a_prefect_artifact(server: dict[str, str], tmp_path: Pat
     ]
     middle = next(a for a in artifacts if a["key"] == "middle-artifacts")["data"]
     assert f"Task('{pathspec}/middle/" in middle and "task.data." in middle
+
+
+def _pids_dead(folder: Path) -> list[int]:
+    pids = [int(p) for f in folder.iterdir() for p in f.read_text().split()]
+    deadline = time.monotonic() + 10
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert len(pids) == 4, pids
+    return [p for p in pids if _alive(p)]
+
+
+def _sleep_manifest(tmp_path: Path, env: dict[str, str], flow_timeout: int | None) -> Path:
+    manifest = tmp_path / "sleep.yaml"
+    assert (
+        flow_cli(FLOWS / "sleep_flow.py", "prefect", "export", str(manifest), env=env).returncode
+        == 0
+    )
+    if flow_timeout is not None:
+        manifest.write_text(
+            manifest.read_text().replace(
+                "  timeout_seconds: null\n", f"  timeout_seconds: {flow_timeout}\n"
+            )
+        )
+    return manifest
+
+
+def test_flow_timeout_stops_every_running_step(server: dict[str, str], tmp_path: Path) -> None:
+    (tmp_path / "pids").mkdir()
+    env = dict(
+        server,
+        METAFLOW_DATASTORE_SYSROOT_LOCAL=str(tmp_path / "ds"),
+        SLEEP_PID_DIR=str(tmp_path / "pids"),
+    )
+    manifest = _sleep_manifest(tmp_path, env, flow_timeout=4)
+    result = mfprefect("run", str(manifest), env=env, cwd=tmp_path)
+    assert result.returncode == 3
+    assert "flow run timed out after 4 s" in result.stderr
+    assert _pids_dead(tmp_path / "pids") == []
+
+
+def test_cancelling_the_flow_run_stops_its_steps(server: dict[str, str], tmp_path: Path) -> None:
+    import subprocess
+
+    (tmp_path / "pids").mkdir()
+    env = dict(
+        server,
+        METAFLOW_DATASTORE_SYSROOT_LOCAL=str(tmp_path / "ds"),
+        SLEEP_PID_DIR=str(tmp_path / "pids"),
+    )
+    manifest = _sleep_manifest(tmp_path, env, flow_timeout=None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mfprefect.cli", "run", str(manifest)],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while len(list((tmp_path / "pids").iterdir())) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        running = _api(
+            server,
+            "/flow_runs/filter",
+            {
+                "flow_runs": {
+                    "state": {"type": {"any_": ["RUNNING"]}},
+                    "name": {"any_": ["SleepFlow"]},
+                }
+            },
+        )
+        assert len(running) == 1
+        flow_run_id = running[0]["id"]
+        body = {"state": {"type": "CANCELLING", "name": "Cancelling"}, "force": True}
+        request = urllib.request.Request(
+            f"{server['_API_URL']}/flow_runs/{flow_run_id}/set_state",
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        urllib.request.urlopen(request, timeout=10).read()
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 3, stderr[-3000:]
+    assert "the flow run was cancelled" in stderr
+    assert _pids_dead(tmp_path / "pids") == []
+    final = _api(server, "/flow_runs/filter", {"flow_runs": {"id": {"any_": [flow_run_id]}}})[0]
+    assert final["state"]["type"] == "CANCELLED"
+
+
+def test_manifest_edits_change_what_runs(server: dict[str, str], tmp_path: Path) -> None:
+    """The manifest is the only input: a retry delay edited in the YAML is honoured, and with
+    retries removed the flaky step fails."""
+    env = dict(server, METAFLOW_DATASTORE_SYSROOT_LOCAL=str(tmp_path / "ds"))
+    source = (
+        (EXAMPLES / "retry_flow.yaml")
+        .read_text()
+        .replace("file: retry_flow.py", f"file: {EXAMPLES / 'retry_flow.py'}")
+    )
+    assert "      delay_seconds: 0\n" in source
+    delayed = tmp_path / "delayed.yaml"
+    delayed.write_text(source.replace("      delay_seconds: 0\n", "      delay_seconds: 3\n"))
+    # An absolute flow path is refused by validation, so point at the flow relatively.
+    for path in (delayed,):
+        path.write_text(
+            path.read_text().replace(
+                f"file: {EXAMPLES / 'retry_flow.py'}",
+                f"file: {os.path.relpath(EXAMPLES / 'retry_flow.py', tmp_path)}",
+            )
+        )
+    result = mfprefect("run", str(delayed), env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    dumped = _dump(_pathspec(result.stderr), env)
+    assert [t["data"]["attempts_seen"] for t in dumped["steps"]["flaky"]] == ["1"]
+    flow_run_id = next(
+        t.split(":", 1)[1] for t in dumped["tags"] if t.startswith("prefect_flow_run:")
+    )
+    flaky = _api(
+        server,
+        "/task_runs/filter",
+        {"flow_runs": {"id": {"any_": [flow_run_id]}}, "task_runs": {"name": {"any_": ["flaky"]}}},
+    )[0]
+    assert flaky["run_count"] == 2
+    states = json.loads(
+        urllib.request.urlopen(
+            f"{server['_API_URL']}/task_run_states/?task_run_id={flaky['id']}", timeout=10
+        ).read()
+    )
+    waiting = [s for s in states if s["name"] == "AwaitingRetry"]
+    assert len(waiting) == 1
+    from datetime import datetime
+
+    scheduled = datetime.fromisoformat(
+        waiting[0]["state_details"]["scheduled_time"].replace("Z", "+00:00")
+    )
+    stamped = datetime.fromisoformat(waiting[0]["timestamp"].replace("Z", "+00:00"))
+    assert 2.5 <= (scheduled - stamped).total_seconds() <= 4
+
+    no_retry = tmp_path / "no_retry.yaml"
+    no_retry.write_text(
+        delayed.read_text().replace("    retries:\n      times: 2\n      delay_seconds: 3\n", "")
+    )
+    failed = mfprefect("run", str(no_retry), env=env, cwd=tmp_path)
+    assert failed.returncode == 3 and "/flaky/" in failed.stderr
+
+
+def test_resources_become_tags_and_cards_are_made(server: dict[str, str], tmp_path: Path) -> None:
+    env = dict(server, METAFLOW_DATASTORE_SYSROOT_LOCAL=str(tmp_path / "ds"))
+    result = mfprefect("run", str(EXAMPLES / "resources_flow.yaml"), env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    dumped = _dump(_pathspec(result.stderr), env)
+    flow_run_id = next(
+        t.split(":", 1)[1] for t in dumped["tags"] if t.startswith("prefect_flow_run:")
+    )
+    runs = {
+        tr["name"]: sorted(tr["tags"])
+        for tr in _api(server, "/task_runs/filter", {"flow_runs": {"id": {"any_": [flow_run_id]}}})
+    }
+    resource = {
+        name: [t for t in tags if t.split(":")[0] in ("cpu", "memory", "gpu", "disk", "mfprefect")]
+        for name, tags in runs.items()
+    }
+    assert resource["gpu"] == [
+        "cpu:1",
+        "disk:2048",
+        "gpu:1",
+        "memory:1024",
+        "mfprefect",
+        "mfprefect:gpu",
+    ]
+    assert resource["big"] == ["cpu:2", "memory:8192", "mfprefect"]
+    assert resource["start"] == ["mfprefect"]
+
+    # Cards, like data, go to Metaflow's default place: .metaflow in the working directory.
+    plain = dict(env)
+    plain.pop("METAFLOW_DATASTORE_SYSROOT_LOCAL")
+    workdir = tmp_path / "cards"
+    workdir.mkdir()
+    cards = mfprefect("run", str(EXAMPLES / "card_flow.yaml"), env=plain, cwd=workdir)
+    assert cards.returncode == 0, cards.stderr[-3000:]
+    probe = (
+        "import sys; from metaflow import Run, namespace; from metaflow.cards import get_cards; "
+        "namespace(None); print(len(get_cards(Run(sys.argv[1])['report'].task)))"
+    )
+    counted = run([sys.executable, "-c", probe, _pathspec(cards.stderr)], env=plain, cwd=workdir)
+    assert counted.returncode == 0, counted.stderr[-2000:]
+    assert int(counted.stdout.strip()) == 1
+
+
+def test_step_output_reaches_the_prefect_log(server: dict[str, str], tmp_path: Path) -> None:
+    env = dict(server, METAFLOW_DATASTORE_SYSROOT_LOCAL=str(tmp_path / "ds"))
+    result = flow_cli(FLOWS / "print_env_flow.py", "prefect", "run", env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    dumped = _dump(_pathspec(result.stderr), env)
+    flow_run_id = next(
+        t.split(":", 1)[1] for t in dumped["tags"] if t.startswith("prefect_flow_run:")
+    )
+    logs = _api(
+        server, "/logs/filter", {"logs": {"flow_run_id": {"any_": [flow_run_id]}}, "limit": 200}
+    )
+    assert any(entry["message"] == "hello from start" and entry["task_run_id"] for entry in logs)

@@ -40,6 +40,10 @@ class StepFailed(RuntimeFailure):
         self.retryable = retryable
 
 
+class RunCancelled(RuntimeFailure):
+    """The flow run was cancelled (in Prefect, or by its flow-level timeout)."""
+
+
 def matching_join(steps: Mapping[str, StepSpec], opener: str) -> str:
     """The join that closes split or foreach `opener` (manifests are validated, so it exists)."""
     depth = 0

@@ -175,7 +175,18 @@ def build_flow(manifest: Manifest, runner: engine.Runner) -> Any:
         runner.ctx = replace(
             runner.ctx, tags=runner.ctx.tags + (f"prefect_flow_run:{flow_run_info.id}",)
         )
-        await runner.run()
+        work = asyncio.ensure_future(runner.run())
+        watcher = asyncio.ensure_future(_cancel_when_requested(flow_run_info.id, work))
+        try:
+            await work
+        except asyncio.CancelledError:
+            if watcher.done() and not watcher.cancelled() and watcher.result():
+                raise engine.RunCancelled(
+                    "the flow run was cancelled; its steps were stopped"
+                ) from None
+            raise
+        finally:
+            watcher.cancel()
         return f"{manifest.flow_class}/{runner.ctx.run_id}"
 
     make_flow: Any = flow
@@ -188,6 +199,37 @@ def build_flow(manifest: Manifest, runner: engine.Runner) -> Any:
         persist_result=False,
         log_prints=False,
     )
+
+
+CANCEL_POLL_SECONDS = 1.0
+
+
+async def _cancel_when_requested(flow_run_id: Any, work: asyncio.Future[Any]) -> bool:
+    """Cancel `work` (stopping every step process) once the flow run is cancelled in Prefect.
+
+    A run started in-process has no worker to act on a cancellation, so it watches for one.
+    """
+    from prefect.client.orchestration import get_client
+
+    async with get_client() as client:
+        while not work.done():
+            await asyncio.sleep(CANCEL_POLL_SECONDS)
+            try:
+                state = (await client.read_flow_run(flow_run_id)).state
+            except Exception:  # noqa: BLE001 - a missed poll is retried on the next one
+                continue
+            if state is not None and (state.is_cancelling() or state.is_cancelled()):
+                work.cancel()
+                return True
+    return False
+
+
+async def _mark_cancelled(flow_run_id: str) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.states import Cancelled
+
+    async with get_client() as client:
+        await client.set_flow_run_state(flow_run_id, Cancelled(message="steps stopped"), force=True)
 
 
 async def resolve_secrets(manifest: Manifest) -> dict[str, str]:
@@ -255,12 +297,21 @@ def run_manifest(
     with tags("mfprefect", f"metaflow_run:{pathspec}"):
         state = asyncio.run(prefect_flow(parameters=dict(values), return_state=True))
     flow_run_id = str(state.state_details.flow_run_id) if state.state_details.flow_run_id else None
-    if state.is_failed() or state.is_crashed() or state.is_cancelled():
+    if state.is_cancelling() and flow_run_id:
+        # The engine could not move a Cancelling run on; the steps are stopped, so say so.
+        asyncio.run(_mark_cancelled(flow_run_id))
+        raise engine.RunCancelled("the flow run was cancelled; its steps were stopped")
+    if not state.is_completed():
         try:
             state.result()
-        except engine.StepFailed:
+        except (engine.StepFailed, engine.RunCancelled):
             raise
         except BaseException as exc:  # noqa: BLE001 - reported as one line
+            if state.name == "TimedOut":
+                raise engine.RunCancelled(
+                    f"flow run timed out after {manifest.deployment.timeout_seconds} s "
+                    "(deployment.timeout_seconds); its steps were stopped"
+                ) from None
             raise engine.RuntimeFailure(f"flow run {state.name.lower()}: {exc}") from None
         raise engine.RuntimeFailure(f"flow run {state.name.lower()}")
     return RunSummary(pathspec, flow_run_id)
