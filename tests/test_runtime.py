@@ -544,3 +544,84 @@ def test_step_output_reaches_the_prefect_log(server: dict[str, str], tmp_path: P
         server, "/logs/filter", {"logs": {"flow_run_id": {"any_": [flow_run_id]}}, "limit": 200}
     )
     assert any(entry["message"] == "hello from start" and entry["task_run_id"] for entry in logs)
+
+
+def test_retried_foreach_fans_out_from_the_successful_attempt(
+    server: dict[str, str], tmp_path: Path
+) -> None:
+    env = dict(server, METAFLOW_DATASTORE_SYSROOT_LOCAL=str(tmp_path / "ds"))
+    result = flow_cli(FLOWS / "retry_foreach_flow.py", "prefect", "run", env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    dumped = _dump(_pathspec(result.stderr), env)
+    assert len(dumped["steps"]["body"]) == 3
+    assert dumped["steps"]["join"][0]["data"]["values"] == "['A', 'B', 'C']"
+
+
+def test_config_override_reaches_every_step(server: dict[str, str], tmp_path: Path) -> None:
+    env = dict(server, METAFLOW_DATASTORE_SYSROOT_LOCAL=str(tmp_path / "ds"))
+    override = '{"source": {"table": "other", "limit": 7}}'
+    result = flow_cli(
+        EXAMPLES / "config_flow.py",
+        "--config-value",
+        "data",
+        override,
+        "prefect",
+        "run",
+        env=env,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    steps = _dump(_pathspec(result.stderr), env)["steps"]
+    assert steps["end"][0]["data"]["table"] == "'other'" and steps["end"][0]["data"]["limit"] == "7"
+    assert steps["start"][0]["data"]["depth"] == "3"
+
+
+def test_secret_block_reference_is_resolved_and_never_printed(
+    server: dict[str, str], tmp_path: Path
+) -> None:
+    secret = "blk-8c1d77-secret-value"
+    env = dict(
+        server,
+        METAFLOW_DATASTORE_SYSROOT_LOCAL=str(tmp_path / "ds"),
+        PREFECT_API_URL=server["_API_URL"],
+    )
+    saved = run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from prefect.blocks.system import Secret; Secret(value=sys.argv[1]).save('api-token', overwrite=True)",
+            secret,
+        ],
+        env=env,
+    )
+    assert saved.returncode == 0, saved.stderr[-2000:]
+    manifest = tmp_path / "print_env.yaml"
+    assert (
+        flow_cli(
+            FLOWS / "print_env_flow.py", "prefect", "export", str(manifest), env=env
+        ).returncode
+        == 0
+    )
+    manifest.write_text(
+        manifest.read_text().replace(
+            "      GREETING: hello\n",
+            "      GREETING: hello\n      API_TOKEN: {secret: api-token}\n",
+        )
+    )
+    result = mfprefect("run", str(manifest), env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert secret not in result.stdout + result.stderr
+    pathspec = _pathspec(result.stderr)
+    start = _dump(pathspec, env)["steps"]["start"][0]
+    assert start["data"]["token_length"] == str(len(secret))
+    assert "token is ***" in start["stdout"] and secret not in start["stdout"]
+    flow_run_id = next(
+        t.split(":", 1)[1]
+        for t in _dump(pathspec, env)["tags"]
+        if t.startswith("prefect_flow_run:")
+    )
+    logs = _api(
+        server, "/logs/filter", {"logs": {"flow_run_id": {"any_": [flow_run_id]}}, "limit": 200}
+    )
+    assert any(entry["message"] == "token is ***" for entry in logs)
+    assert not any(secret in entry["message"] for entry in logs)
