@@ -8,7 +8,7 @@ import re
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -59,6 +59,18 @@ def _dump(pathspec: str, env: dict[str, str]) -> dict:
     return json.loads(result.stdout)
 
 
+def _eventually(
+    fetch: Callable[[], list[dict]], done: Callable[[list[dict]], bool], timeout: float = 30
+) -> list[dict]:
+    """Prefect records task runs and logs from events, a moment after the run: poll for them."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = fetch()
+        if done(found) or time.monotonic() > deadline:
+            return found
+        time.sleep(0.25)
+
+
 def _api(env: dict[str, str], path: str, body: dict) -> list[dict]:
     request = urllib.request.Request(
         env["_API_URL"] + path,
@@ -100,10 +112,17 @@ def test_example_matches_metaflow_run(flow: Path, server: dict[str, str], tmp_pa
     flow_run_id = next(
         t.split(":", 1)[1] for t in mine["tags"] if t.startswith("prefect_flow_run:")
     )
-    task_runs = _api(
-        server, "/task_runs/filter", {"flow_runs": {"id": {"any_": [flow_run_id]}}, "limit": 200}
-    )
     metaflow_tasks = sum(len(tasks) for tasks in mine["steps"].values()) + 1
+    task_runs = _eventually(
+        lambda: _api(
+            server,
+            "/task_runs/filter",
+            {"flow_runs": {"id": {"any_": [flow_run_id]}}, "limit": 200},
+        ),
+        lambda found: (
+            len(found) >= metaflow_tasks and all(tr["state"]["type"] == "COMPLETED" for tr in found)
+        ),
+    )
     assert len(task_runs) == metaflow_tasks
     assert all(tr["state"]["type"] == "COMPLETED" for tr in task_runs)
     flow_run = _api(server, "/flow_runs/filter", {"flow_runs": {"id": {"any_": [flow_run_id]}}})[0]
@@ -332,8 +351,11 @@ def test_each_step_gets_a_prefect_artifact(server: dict[str, str], tmp_path: Pat
         for t in _dump(pathspec, env)["tags"]
         if t.startswith("prefect_flow_run:")
     )
-    artifacts = _api(
-        server, "/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [flow_run_id]}}}
+    artifacts = _eventually(
+        lambda: _api(
+            server, "/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [flow_run_id]}}}
+        ),
+        lambda found: len(found) >= 3,
     )
     assert sorted(a["key"] for a in artifacts) == [
         "end-artifacts",
@@ -429,7 +451,10 @@ def test_cancelling_the_flow_run_stops_its_steps(server: dict[str, str], tmp_pat
     assert proc.returncode == 3, stderr[-3000:]
     assert "the flow run was cancelled" in stderr
     assert _pids_dead(tmp_path / "pids") == []
-    final = _api(server, "/flow_runs/filter", {"flow_runs": {"id": {"any_": [flow_run_id]}}})[0]
+    final = _eventually(
+        lambda: _api(server, "/flow_runs/filter", {"flow_runs": {"id": {"any_": [flow_run_id]}}}),
+        lambda found: found[0]["state"]["type"] == "CANCELLED",
+    )[0]
     assert final["state"]["type"] == "CANCELLED"
 
 
@@ -460,10 +485,16 @@ def test_manifest_edits_change_what_runs(server: dict[str, str], tmp_path: Path)
     flow_run_id = next(
         t.split(":", 1)[1] for t in dumped["tags"] if t.startswith("prefect_flow_run:")
     )
-    flaky = _api(
-        server,
-        "/task_runs/filter",
-        {"flow_runs": {"id": {"any_": [flow_run_id]}}, "task_runs": {"name": {"any_": ["flaky"]}}},
+    flaky = _eventually(
+        lambda: _api(
+            server,
+            "/task_runs/filter",
+            {
+                "flow_runs": {"id": {"any_": [flow_run_id]}},
+                "task_runs": {"name": {"any_": ["flaky"]}},
+            },
+        ),
+        lambda found: bool(found) and found[0]["state"]["type"] == "COMPLETED",
     )[0]
     assert flaky["run_count"] == 2
     states = json.loads(
@@ -499,7 +530,12 @@ def test_resources_become_tags_and_cards_are_made(server: dict[str, str], tmp_pa
     )
     runs = {
         tr["name"]: sorted(tr["tags"])
-        for tr in _api(server, "/task_runs/filter", {"flow_runs": {"id": {"any_": [flow_run_id]}}})
+        for tr in _eventually(
+            lambda: _api(
+                server, "/task_runs/filter", {"flow_runs": {"id": {"any_": [flow_run_id]}}}
+            ),
+            lambda found: len(found) >= 5,
+        )
     }
     resource = {
         name: [t for t in tags if t.split(":")[0] in ("cpu", "memory", "gpu", "disk", "mfprefect")]
@@ -540,8 +576,11 @@ def test_step_output_reaches_the_prefect_log(server: dict[str, str], tmp_path: P
     flow_run_id = next(
         t.split(":", 1)[1] for t in dumped["tags"] if t.startswith("prefect_flow_run:")
     )
-    logs = _api(
-        server, "/logs/filter", {"logs": {"flow_run_id": {"any_": [flow_run_id]}}, "limit": 200}
+    logs = _eventually(
+        lambda: _api(
+            server, "/logs/filter", {"logs": {"flow_run_id": {"any_": [flow_run_id]}}, "limit": 200}
+        ),
+        lambda found: any(entry["message"] == "hello from start" for entry in found),
     )
     assert any(entry["message"] == "hello from start" and entry["task_run_id"] for entry in logs)
 
@@ -620,8 +659,11 @@ def test_secret_block_reference_is_resolved_and_never_printed(
         for t in _dump(pathspec, env)["tags"]
         if t.startswith("prefect_flow_run:")
     )
-    logs = _api(
-        server, "/logs/filter", {"logs": {"flow_run_id": {"any_": [flow_run_id]}}, "limit": 200}
+    logs = _eventually(
+        lambda: _api(
+            server, "/logs/filter", {"logs": {"flow_run_id": {"any_": [flow_run_id]}}, "limit": 200}
+        ),
+        lambda found: any(entry["message"] == "token is ***" for entry in found),
     )
     assert any(entry["message"] == "token is ***" for entry in logs)
     assert not any(secret in entry["message"] for entry in logs)

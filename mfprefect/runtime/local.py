@@ -4,9 +4,27 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 from ..manifest import Manifest
+
+
+def profile_api_url() -> str | None:
+    """PREFECT_API_URL of the active Prefect profile, if the profile names one."""
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10: no TOML reader in the standard library
+        return None
+    home = Path(os.environ.get("PREFECT_HOME", Path.home() / ".prefect"))
+    path = Path(os.environ.get("PREFECT_PROFILES_PATH", home / "profiles.toml"))
+    try:
+        profiles = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    active = os.environ.get("PREFECT_PROFILE") or profiles.get("active")
+    url = profiles.get("profiles", {}).get(active, {}).get("PREFECT_API_URL")
+    return str(url) if url else None
 
 
 def run_locally(
@@ -22,11 +40,9 @@ def run_locally(
 
     if not os.environ.get("PREFECT_API_URL"):
         # A server named in the user's Prefect profile counts as "set up"; only without one do
-        # we start (or reuse) mfprefect's own.
-        from prefect.settings import get_current_settings
-
-        configured = get_current_settings().api.url
-        os.environ["PREFECT_API_URL"] = configured or local_server.ensure_server(echo)
+        # we start (or reuse) mfprefect's own. Read the profile file rather than Prefect's
+        # settings: importing those now would freeze them before PREFECT_API_URL is set.
+        os.environ["PREFECT_API_URL"] = profile_api_url() or local_server.ensure_server(echo)
     from .prefect_flow import run_manifest
 
     summary = run_manifest(manifest, parameters, echo=echo, tags_=tags, clone_run_id=clone_run_id)

@@ -6,7 +6,7 @@ import asyncio
 import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from prefect import flow, get_run_logger, tags, task
@@ -167,27 +167,68 @@ class PrefectSteps:
         )
 
 
-def build_flow(manifest: Manifest, runner: engine.Runner) -> Any:
-    """A Prefect flow named after the pipeline; its parameters are the pipeline's, for display."""
+@dataclass(frozen=True)
+class RunOptions:
+    """How one run differs from a plain run of the manifest."""
+
+    run_id: str | None = None
+    tags: tuple[str, ...] = ()
+    clone_run_id: str | None = None
+
+
+async def execute(manifest: Manifest, parameters: Mapping[str, Any], options: RunOptions) -> str:
+    """Inside a flow run: run every step of the pipeline; return the Metaflow run's pathspec."""
+    datastore = Datastore.for_manifest(manifest)
+    clones: dict[tuple[str, tuple[int, ...], int], str] = {}
+    if options.clone_run_id:
+        clones, stored = datastore.origin_tasks(options.clone_run_id)
+        parameters = {**_parameters_from_artifacts(manifest, stored), **parameters}
+    values = commands.parameter_values(manifest, parameters)
+    secrets = await resolve_secrets(manifest)
+    run_id = options.run_id or engine.new_run_id()
+    ctx = commands.RunContext(
+        manifest=manifest,
+        python=engine.python_executable(),
+        flow_file=str(manifest.flow_path()),
+        datastore_root=datastore.root,
+        run_id=run_id,
+        # The Metaflow run points back at the Prefect flow run that made it.
+        tags=tuple(manifest.deployment.tags)
+        + options.tags
+        + (f"prefect_flow_run:{flow_run_info.id}",),
+        base_env=dict(os.environ),
+    )
+    for step in [None, *manifest.steps]:
+        commands.environment(ctx, step, secrets.get)
+    runner = engine.Runner(
+        manifest,
+        ctx,
+        values,
+        PrefectSteps(manifest, datastore, secrets),
+        datastore.read_artifact,
+        clone_from=clones,
+        origin_run_id=options.clone_run_id,
+    )
+    work = asyncio.ensure_future(runner.run())
+    watcher = asyncio.ensure_future(_cancel_when_requested(flow_run_info.id, work))
+    try:
+        await work
+    except asyncio.CancelledError:
+        if watcher.done() and not watcher.cancelled() and watcher.result():
+            raise engine.RunCancelled(
+                "the flow run was cancelled; its steps were stopped"
+            ) from None
+        raise
+    finally:
+        watcher.cancel()
+    return f"{manifest.flow_class}/{run_id}"
+
+
+def build_flow(manifest: Manifest, options: RunOptions) -> Any:
+    """A Prefect flow named after the pipeline; it takes the pipeline's parameters as a mapping."""
 
     async def pipeline(parameters: dict[str, Any]) -> str:
-        # The Metaflow run points back at the Prefect flow run that made it.
-        runner.ctx = replace(
-            runner.ctx, tags=runner.ctx.tags + (f"prefect_flow_run:{flow_run_info.id}",)
-        )
-        work = asyncio.ensure_future(runner.run())
-        watcher = asyncio.ensure_future(_cancel_when_requested(flow_run_info.id, work))
-        try:
-            await work
-        except asyncio.CancelledError:
-            if watcher.done() and not watcher.cancelled() and watcher.result():
-                raise engine.RunCancelled(
-                    "the flow run was cancelled; its steps were stopped"
-                ) from None
-            raise
-        finally:
-            watcher.cancel()
-        return f"{manifest.flow_class}/{runner.ctx.run_id}"
+        return await execute(manifest, parameters, options)
 
     make_flow: Any = flow
     return make_flow(
@@ -260,42 +301,21 @@ def run_manifest(
     With `clone_run_id` it is a resume: tasks that succeeded in that run are copied (no user
     code runs) and the rest run, with the original run's parameter values.
     """
-    datastore = Datastore.for_manifest(manifest)
-    clones: dict[tuple[str, tuple[int, ...], int], str] = {}
+    # Usage errors (parameters, environment references, an unknown run) before any flow run exists.
     if clone_run_id:
-        clones, stored = datastore.origin_tasks(clone_run_id)
-        parameters = {**_parameters_from_artifacts(manifest, stored), **parameters}
-    values = commands.parameter_values(manifest, parameters)
-    run_id = run_id or engine.new_run_id()
-    secrets = asyncio.run(resolve_secrets(manifest))
-    ctx = commands.RunContext(
-        manifest=manifest,
-        python=engine.python_executable(),
-        flow_file=str(manifest.flow_path()),
-        datastore_root=datastore.root,
-        run_id=run_id,
-        tags=tuple(manifest.deployment.tags) + tuple(tags_),
-        base_env=dict(os.environ),
-    )
-    # Every reference must resolve before anything runs: a missing variable is a usage error,
-    # not a step failure half-way through the run.
+        Datastore.for_manifest(manifest).origin_tasks(clone_run_id)
+    else:
+        commands.parameter_values(manifest, parameters)
+    precheck = commands.RunContext(manifest, "", "", "", "", base_env=dict(os.environ))
     for step in [None, *manifest.steps]:
-        commands.environment(ctx, step, secrets.get)
-    steps = PrefectSteps(manifest, datastore, {name: value for name, value in secrets.items()})
-    runner = engine.Runner(
-        manifest,
-        ctx,
-        values,
-        steps,
-        datastore.read_artifact,
-        clone_from=clones,
-        origin_run_id=clone_run_id,
-    )
+        commands.environment(precheck, step, lambda _block: "")
+    run_id = run_id or engine.new_run_id()
     pathspec = f"{manifest.flow_class}/{run_id}"
     echo(f"Metaflow run {pathspec}")
-    prefect_flow = build_flow(manifest, runner)
+    options = RunOptions(run_id=run_id, tags=tuple(tags_), clone_run_id=clone_run_id)
+    prefect_flow = build_flow(manifest, options)
     with tags("mfprefect", f"metaflow_run:{pathspec}"):
-        state = asyncio.run(prefect_flow(parameters=dict(values), return_state=True))
+        state = asyncio.run(prefect_flow(parameters=dict(parameters), return_state=True))
     flow_run_id = str(state.state_details.flow_run_id) if state.state_details.flow_run_id else None
     if state.is_cancelling() and flow_run_id:
         # The engine could not move a Cancelling run on; the steps are stopped, so say so.
