@@ -230,6 +230,154 @@ def write_text(path: str, text: str) -> None:
     tmp.replace(target)
 
 
+def _server_url() -> str:
+    """The server GitOps commands talk to: PREFECT_API_URL, or the active Prefect profile's."""
+    from .runtime.local import profile_api_url
+
+    url = os.environ.get("PREFECT_API_URL") or profile_api_url()
+    if not url:
+        raise UsageError(
+            "no Prefect server named: set PREFECT_API_URL",
+            hint="e.g. export PREFECT_API_URL=http://127.0.0.1:4200/api",
+        )
+    os.environ["PREFECT_API_URL"] = url
+    return url
+
+
+def desired_deployments(paths: tuple[str, ...]) -> list[Any]:
+    """Every manifest named (folders expanded), validated, as the deployments they should become."""
+    from .deploy.desired import deployment_for
+    from .errors import ManifestError
+    from .manifest import check_file, from_data
+
+    specs = []
+    problems = []
+    for path, shown in manifest_files(paths):
+        doc, diagnostics = check_file(path, shown)
+        errors = [d for d in diagnostics if d.severity == "error"]
+        if doc is None or errors:
+            problems += errors
+            continue
+        specs.append(deployment_for(from_data(doc.data, path), doc.data))
+    if problems:
+        raise ManifestError(
+            f"{len(problems)} problem(s) in the manifests; nothing was applied", problems
+        )
+    keys = [spec.key for spec in specs]
+    doubled = sorted({key for key in keys if keys.count(key) > 1})
+    if doubled:
+        raise UsageError(
+            f"two manifests make the same deployment: {', '.join(doubled)}",
+            hint="give one a different deployment.name",
+        )
+    return specs
+
+
+def _gitops(
+    paths: tuple[str, ...], *, apply: bool, prune: bool, adopt: bool, output: str, allow_empty: bool
+) -> None:
+    from .deploy import apply as applier
+
+    specs = desired_deployments(paths)
+    _server_url()
+    if prune and not specs and not allow_empty:
+        raise UsageError(
+            "--prune with no manifests would delete everything mfprefect owns",
+            hint="pass --allow-empty if you mean it",
+        )
+    echo = lambda line: click.echo(line, err=True)  # noqa: E731
+    result = applier.run(specs, prune=prune, adopt=adopt, dry_run=not apply, echo=echo)
+    if output == "json":
+        import json
+
+        click.echo(json.dumps(result.as_json(), indent=2, default=str))
+    else:
+        click.echo(result.text())
+    if not apply:
+        sys.exit(1 if result.pending or result.conflicts else 0)
+
+
+_PATHS = click.argument("paths", nargs=-1, required=True)
+_OUTPUT = click.option(
+    "--output",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="Plan as text or as JSON data.",
+)
+_PRUNE = click.option(
+    "--prune",
+    is_flag=True,
+    help="Also delete mfprefect-owned deployments (same project) absent from the manifests.",
+)
+_ADOPT = click.option(
+    "--adopt",
+    is_flag=True,
+    help="Take over deployments of the same name that mfprefect does not own.",
+)
+
+
+@cli.command(name="plan")
+@_PATHS
+@_OUTPUT
+@_PRUNE
+@_ADOPT
+def plan_command(paths: tuple[str, ...], output: str, prune: bool, adopt: bool) -> None:
+    """Show what apply would change on the server. Exit 0 no changes, 1 changes pending."""
+    _gitops(paths, apply=False, prune=prune, adopt=adopt, output=output, allow_empty=True)
+
+
+@cli.command(name="apply")
+@_PATHS
+@_OUTPUT
+@_PRUNE
+@_ADOPT
+@click.option("--allow-empty", is_flag=True, help="Let --prune delete everything mfprefect owns.")
+@click.option("--dry-run", is_flag=True, help="Same as plan: change nothing.")
+def apply_command(
+    paths: tuple[str, ...], output: str, prune: bool, adopt: bool, allow_empty: bool, dry_run: bool
+) -> None:
+    """Make the server match the manifests (files or folders). A second apply changes nothing."""
+    _gitops(
+        paths, apply=not dry_run, prune=prune, adopt=adopt, output=output, allow_empty=allow_empty
+    )
+
+
+@cli.command(name="delete")
+@_PATHS
+def delete_command(paths: tuple[str, ...]) -> None:
+    """Remove the deployments (and their automations) these manifests created."""
+    from .deploy import apply as applier
+
+    specs = desired_deployments(paths)
+    _server_url()
+    removed = applier.delete(specs, echo=lambda line: click.echo(line, err=True))
+    click.echo(f"deleted {len(removed)} deployment(s)" + ("".join(f"\n  {key}" for key in removed)))
+
+
+@cli.command(name="trigger")
+@click.argument("pipeline")
+@click.option(
+    "--name", "deployment_name", default=None, help="Deployment name (default: the pipeline name)."
+)
+@click.option(
+    "--param", "params", multiple=True, metavar="NAME=VALUE", help="A parameter value (repeatable)."
+)
+def trigger_command(pipeline: str, deployment_name: str | None, params: tuple[str, ...]) -> None:
+    """Start a run of a deployed pipeline; print the Prefect flow run id."""
+    from .deploy import apply as applier
+
+    _server_url()
+    target = pipeline if "/" in pipeline else f"{pipeline}/{deployment_name or pipeline}"
+    pairs = []
+    for item in params:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise UsageError(f"--param {item!r} is not NAME=VALUE")
+        pairs.append((name, value))
+    click.echo(applier.trigger_with_strings(target, pairs))
+
+
 def metaflow_top_level_args(given: dict[str, Any]) -> list[str]:
     """Options that Metaflow takes before the subcommand."""
     args: list[str] = []

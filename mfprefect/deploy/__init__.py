@@ -1,0 +1,1 @@
+"""GitOps for Prefect: the desired objects, the plan, and the only writer (apply)."""

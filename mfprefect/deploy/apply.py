@@ -1,0 +1,315 @@
+"""The only module that writes to a Prefect server: read live state, plan, apply the plan."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from ..errors import RuntimeFailure
+from .desired import OWNER_TAG, DeploymentSpec
+from .plan import Change, LiveDeployment, LiveSchedule, Plan, plan
+
+Echo = Callable[[str], None]
+
+
+def _unreachable(exc: BaseException) -> RuntimeFailure:
+    import os
+
+    url = os.environ.get("PREFECT_API_URL", "the Prefect server")
+    return RuntimeFailure(
+        f"cannot reach {url}: {type(exc).__name__}: {' '.join(str(exc).split())[:160]}",
+        hint="check PREFECT_API_URL and that the server is up (`prefect server start`)",
+    )
+
+
+def run(
+    desired: Sequence[DeploymentSpec],
+    *,
+    prune: bool = False,
+    adopt: bool = False,
+    dry_run: bool = False,
+    echo: Echo = lambda _: None,
+) -> Plan:
+    """Plan against the server and, unless dry_run, apply; raise RuntimeFailure on any error."""
+    try:
+        return asyncio.run(_run(desired, prune=prune, adopt=adopt, dry_run=dry_run, echo=echo))
+    except RuntimeFailure:
+        raise
+    except Exception as exc:  # noqa: BLE001 - connection and HTTP errors become one line
+        if _is_connection_error(exc):
+            raise _unreachable(exc) from None
+        raise RuntimeFailure(
+            f"apply failed: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}",
+            hint="run `mfprefect apply` again: it completes what is missing",
+        ) from None
+
+
+def _is_connection_error(exc: BaseException) -> bool:
+    import httpx
+
+    return isinstance(
+        exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError, OSError)
+    )
+
+
+async def _run(
+    desired: Sequence[DeploymentSpec], *, prune: bool, adopt: bool, dry_run: bool, echo: Echo
+) -> Plan:
+    from prefect.client.orchestration import get_client
+
+    async with get_client() as client:
+        live = await read_live(client, desired)
+        result = plan(desired, live, prune=prune, adopt=adopt)
+        if result.conflicts and not dry_run:
+            keys = ", ".join(c.key for c in result.conflicts)
+            raise RuntimeFailure(
+                f"deployment(s) not managed by mfprefect already exist: {keys}",
+                hint="rename yours, delete theirs, or pass --adopt to take them over",
+            )
+        if not dry_run:
+            await _check_pools(client, [c.spec for c in result.pending if c.spec is not None])
+            total = len(result.pending)
+            for number, change in enumerate(result.pending, start=1):
+                echo(f"[{number}/{total}] {change.action} deployment {change.key}")
+                await _apply_one(client, change)
+        return result
+
+
+async def read_live(client: Any, desired: Sequence[DeploymentSpec]) -> list[LiveDeployment]:
+    """Every owned deployment, plus any (owned or not) with a desired name; a few batched reads."""
+    from prefect.client.schemas.filters import (
+        DeploymentFilter,
+        DeploymentFilterName,
+        DeploymentFilterTags,
+        FlowFilter,
+        FlowFilterId,
+    )
+
+    found: dict[str, Any] = {}
+    offset = 0
+    while True:
+        page = await client.read_deployments(
+            deployment_filter=DeploymentFilter(tags=DeploymentFilterTags(all_=[OWNER_TAG])),
+            limit=200,
+            offset=offset,
+        )
+        found.update({str(d.id): d for d in page})
+        if len(page) < 200:
+            break
+        offset += 200
+    names = sorted({spec.name for spec in desired})
+    for start in range(0, len(names), 200):
+        page = await client.read_deployments(
+            deployment_filter=DeploymentFilter(
+                name=DeploymentFilterName(any_=names[start : start + 200])
+            )
+        )
+        found.update({str(d.id): d for d in page})
+    flow_ids = sorted({d.flow_id for d in found.values()}, key=str)
+    flows = {}
+    if flow_ids:
+        for flow in await client.read_flows(flow_filter=FlowFilter(id=FlowFilterId(any_=flow_ids))):
+            flows[flow.id] = flow.name
+    return [_live(d, flows.get(d.flow_id, "?")) for d in found.values()]
+
+
+def _live(deployment: Any, flow_name: str) -> LiveDeployment:
+    limit = getattr(deployment, "global_concurrency_limit", None)
+    fields = {
+        "description": deployment.description,
+        "tags": list(deployment.tags or []),
+        "work_pool_name": deployment.work_pool_name,
+        "work_queue_name": deployment.work_queue_name,
+        "parameters": dict(deployment.parameters or {}),
+        "parameter_openapi_schema": deployment.parameter_openapi_schema,
+        "enforce_parameter_schema": deployment.enforce_parameter_schema,
+        "job_variables": dict(deployment.job_variables or {}),
+        "concurrency_limit": limit.limit if limit is not None else None,
+        "paused": deployment.paused,
+        "entrypoint": deployment.entrypoint,
+        "path": deployment.path,
+        "pull_steps": deployment.pull_steps,
+        "version": deployment.version,
+    }
+    schedules = tuple(
+        LiveSchedule(
+            id=str(s.id),
+            slug=s.slug,
+            cron=getattr(s.schedule, "cron", None),
+            timezone=getattr(s.schedule, "timezone", None),
+            active=bool(s.active),
+        )
+        for s in deployment.schedules or []
+    )
+    return LiveDeployment(str(deployment.id), flow_name, deployment.name, fields, schedules)
+
+
+async def _check_pools(client: Any, specs: Sequence[DeploymentSpec]) -> None:
+    from prefect.exceptions import ObjectNotFound
+
+    for pool in sorted({str(s.fields["work_pool_name"]) for s in specs}):
+        try:
+            await client.read_work_pool(pool)
+        except ObjectNotFound:
+            raise RuntimeFailure(
+                f"work pool `{pool}` does not exist on the server",
+                hint=f"create it: prefect work-pool create {pool} --type process",
+            ) from None
+
+
+async def _apply_one(client: Any, change: Change) -> None:
+    from prefect.client.schemas.actions import DeploymentScheduleCreate, DeploymentUpdate
+    from prefect.client.schemas.schedules import CronSchedule
+
+    if change.action == "delete":
+        assert change.live is not None
+        await client.delete_deployment(change.live.id)
+        # Prefect keeps a deployment's automations when it is deleted; we do not.
+        await client.delete_resource_owned_automations(f"prefect.deployment.{change.live.id}")
+        return
+    spec = change.spec
+    assert spec is not None
+    fields = dict(spec.fields)
+    if change.action == "create":
+        flow_id = await client.create_flow_from_name(spec.flow_name)
+        schedules = [
+            DeploymentScheduleCreate(
+                schedule=CronSchedule(cron=s.cron, timezone=s.timezone or "UTC"),
+                active=s.active,
+                slug=s.slug,
+            )
+            for s in spec.schedules
+        ]
+        await client.create_deployment(
+            flow_id=flow_id, name=spec.name, schedules=schedules, **fields
+        )
+        return
+    assert change.live is not None
+    changed = {f.field for f in change.changes}
+    update: dict[str, Any] = {name: fields[name] for name in fields if name in changed}
+    if any(name.startswith("manifest.") for name in changed):
+        update["job_variables"] = fields["job_variables"]
+    if update:
+        update["version"] = fields["version"]
+        await client.update_deployment(change.live.id, DeploymentUpdate(**update))
+    for op, want, have in change.schedule_ops:
+        if op == "create" and want is not None:
+            await client.create_deployment_schedules(
+                change.live.id,
+                [
+                    DeploymentScheduleCreate(
+                        schedule=CronSchedule(cron=want.cron, timezone=want.timezone or "UTC"),
+                        active=want.active,
+                        slug=want.slug,
+                    )
+                ],
+            )
+        elif op == "update" and want is not None and have is not None:
+            await client.update_deployment_schedule(
+                change.live.id,
+                have.id,
+                active=want.active,
+                schedule=CronSchedule(cron=want.cron, timezone=want.timezone or "UTC"),
+            )
+        elif op == "delete" and have is not None:
+            await client.delete_deployment_schedule(change.live.id, have.id)
+
+
+def trigger(deployment: str, parameters: dict[str, Any]) -> str:
+    """Start a run of a deployed pipeline; return the flow run id as soon as it exists."""
+    from prefect.deployments import run_deployment
+
+    try:
+        flow_run = run_deployment(name=deployment, parameters=parameters, timeout=0)
+    except Exception as exc:  # noqa: BLE001
+        if _is_connection_error(exc):
+            raise _unreachable(exc) from None
+        raise RuntimeFailure(
+            f"cannot trigger {deployment}: {' '.join(str(exc).split())[:300]}"
+        ) from None
+    return str(flow_run.id)  # type: ignore[union-attr]
+
+
+def delete(desired: Sequence[DeploymentSpec], echo: Echo = lambda _: None) -> list[str]:
+    """Delete the owned deployments these specs name (and their automations); return their keys."""
+
+    async def _delete() -> list[str]:
+        from prefect.client.orchestration import get_client
+
+        async with get_client() as client:
+            wanted = {spec.key for spec in desired}
+            live = [d for d in await read_live(client, desired) if d.key in wanted and d.owned]
+            for current in sorted(live, key=lambda d: d.key):
+                echo(f"delete deployment {current.key}")
+                await _apply_one(client, Change("delete", current.key, live=current))
+            return [d.key for d in live]
+
+    return _guarded(_delete)
+
+
+def _guarded(make: Callable[[], Any]) -> Any:
+    try:
+        return asyncio.run(make())
+    except RuntimeFailure:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        if _is_connection_error(exc):
+            raise _unreachable(exc) from None
+        raise RuntimeFailure(f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}") from None
+
+
+def trigger_with_strings(deployment: str, pairs: Sequence[tuple[str, str]]) -> str:
+    """Trigger with `--param name=value` strings, typed by the deployment's parameter schema."""
+
+    async def _schema() -> dict[str, Any]:
+        from prefect.client.orchestration import get_client
+        from prefect.exceptions import ObjectNotFound
+
+        async with get_client() as client:
+            try:
+                found = await client.read_deployment_by_name(deployment)
+            except ObjectNotFound:
+                raise RuntimeFailure(
+                    f"no deployment named {deployment}",
+                    hint="mfprefect plan/apply shows what is deployed",
+                ) from None
+            return dict(found.parameter_openapi_schema or {})
+
+    schema = _guarded(_schema)
+    properties = schema.get("properties", {})
+    values: dict[str, Any] = {}
+    for name, text in pairs:
+        key = name.replace("-", "_")
+        if key not in properties:
+            from ..errors import UsageError
+
+            raise UsageError(
+                f"unknown parameter {name!r} for {deployment}",
+                hint="known: " + ", ".join(properties),
+            )
+        values[key] = _typed(text, properties[key].get("type"), name)
+    return trigger(deployment, values)
+
+
+def _typed(text: str, kind: str | None, name: str) -> Any:
+    import json
+
+    from ..errors import UsageError
+
+    try:
+        if kind == "integer":
+            return int(text)
+        if kind == "number":
+            return float(text)
+        if kind == "boolean":
+            if text.lower() in ("true", "false"):
+                return text.lower() == "true"
+            raise ValueError(text)
+        if kind == "string":
+            return text
+        return json.loads(text)
+    except ValueError:
+        raise UsageError(
+            f"parameter {name}: {text!r} is not a valid {kind or 'JSON value'}"
+        ) from None

@@ -1,0 +1,184 @@
+"""Manifest → the Prefect objects it should become, as plain values. Pure: no Prefect here.
+
+Everything a deployment needs travels with it: the manifest itself rides in the deployment's
+job variables (compressed), so a worker needs only the flow's code and an installed mfprefect.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import UsageError
+from ..manifest import Manifest
+
+OWNER_TAG = "mfprefect"
+PROJECT_TAG_PREFIX = "mfprefect-project:"
+NO_PROJECT = "-"
+MANIFEST_ENV = "MFPREFECT_MANIFEST"
+ENTRYPOINT = "mfprefect.runtime.deployed:pipeline"
+
+_JSON_TYPES = {"str": "string", "int": "integer", "float": "number", "bool": "boolean"}
+
+
+@dataclass(frozen=True)
+class ScheduleSpec:
+    slug: str
+    cron: str
+    timezone: str | None
+    active: bool
+
+
+@dataclass(frozen=True)
+class DeploymentSpec:
+    """One deployment as mfprefect wants it on the server (the fields mfprefect manages)."""
+
+    flow_name: str
+    name: str
+    project: str
+    fields: Mapping[str, Any] = field(default_factory=dict)
+    schedules: tuple[ScheduleSpec, ...] = ()
+    manifest: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return f"{self.flow_name}/{self.name}"
+
+
+def current_user() -> str:
+    """Who applies: the name Metaflow would use for a user branch."""
+    for variable in ("METAFLOW_USER", "USER", "USERNAME"):
+        if os.environ.get(variable):
+            return os.environ[variable]
+    raise UsageError(
+        "cannot tell who you are for a @project user branch",
+        hint="set USER, or export with --branch",
+    )
+
+
+def qualified_name(manifest: Manifest) -> str:
+    """The Prefect flow name: `project.branch.Name` under @project (user branch if none), else the name."""
+    project = manifest.project
+    if project is None:
+        return manifest.name
+    branch = project.branch or f"user.{current_user()}"
+    return f"{project.name}.{branch}.{manifest.name}"
+
+
+def parameter_key(name: str) -> str:
+    """A Metaflow parameter name as a Prefect parameter (Prefect wants identifiers)."""
+    return name.replace("-", "_")
+
+
+def encode_manifest(data: Mapping[str, Any]) -> str:
+    """The manifest as one environment value: compact JSON, zlib, base64."""
+    raw = json.dumps(data, sort_keys=True, separators=(",", ":")).encode("utf-8")
+    return "z:" + base64.b64encode(zlib.compress(raw, 9)).decode("ascii")
+
+
+def decode_manifest(blob: str) -> dict[str, Any]:
+    """The manifest a deployment carries (see `encode_manifest`)."""
+    if not blob.startswith("z:"):
+        raise ValueError("not an mfprefect manifest blob")
+    decoded: dict[str, Any] = json.loads(
+        zlib.decompress(base64.b64decode(blob[2:])).decode("utf-8")
+    )
+    return decoded
+
+
+def openapi_schema(manifest: Manifest) -> dict[str, Any]:
+    """The deployment's parameter schema, as Prefect shows and checks it."""
+    properties: dict[str, Any] = {}
+    required = []
+    for position, (name, spec) in enumerate(manifest.parameters.items()):
+        prop: dict[str, Any] = {"title": name, "position": position}
+        if spec.type in _JSON_TYPES:
+            prop["type"] = _JSON_TYPES[spec.type]
+        if spec.help:
+            prop["description"] = spec.help
+        if spec.default is not None:
+            prop["default"] = spec.default
+        properties[parameter_key(name)] = prop
+        if spec.required and spec.default is None:
+            required.append(parameter_key(name))
+    schema: dict[str, Any] = {
+        "title": "Parameters",
+        "type": "object",
+        "properties": properties,
+        "definitions": {},
+    }
+    if required:
+        schema["required"] = required
+    return schema
+
+
+def deployment_for(manifest: Manifest, data: Mapping[str, Any]) -> DeploymentSpec:
+    """The deployment a validated manifest (typed and as plain data) should become."""
+    if manifest.deployment.work_pool is None:
+        raise UsageError(
+            f"{manifest.path or manifest.name}: deployment.work_pool is not set",
+            hint="set it in the manifest, or export with --work-pool",
+        )
+    flow_file = manifest.flow_path()
+    carried = json.loads(json.dumps(data))
+    # The worker runs in the flow's folder, so the flow file is named relative to it.
+    carried["flow"]["file"] = flow_file.name
+    flow_name = qualified_name(manifest)
+    project = manifest.project.name if manifest.project else NO_PROJECT
+    tags = sorted(set(manifest.deployment.tags) | {OWNER_TAG, PROJECT_TAG_PREFIX + project})
+    blob = encode_manifest(carried)
+    fields: dict[str, Any] = {
+        "description": manifest.description,
+        "version": hashlib.sha256(blob.encode("ascii")).hexdigest()[:12],
+        "tags": tags,
+        "work_pool_name": manifest.deployment.work_pool,
+        "work_queue_name": manifest.deployment.work_queue or "default",
+        "parameters": {
+            parameter_key(n): s.default
+            for n, s in manifest.parameters.items()
+            if s.default is not None
+        },
+        "parameter_openapi_schema": openapi_schema(manifest),
+        "enforce_parameter_schema": True,
+        "job_variables": {"env": {MANIFEST_ENV: blob, "MFPREFECT_FLOW_NAME": flow_name}},
+        "concurrency_limit": manifest.deployment.concurrency_limit,
+        "paused": manifest.deployment.paused,
+        "entrypoint": ENTRYPOINT,
+        "path": str(flow_file.parent),
+        "pull_steps": [
+            {
+                "prefect.deployments.steps.set_working_directory": {
+                    "directory": str(flow_file.parent)
+                }
+            }
+        ],
+    }
+    schedules: tuple[ScheduleSpec, ...] = ()
+    if manifest.schedule is not None:
+        schedules = (
+            ScheduleSpec(
+                slug="mfprefect-cron",
+                cron=manifest.schedule.cron,
+                timezone=manifest.schedule.timezone,
+                active=not manifest.deployment.paused,
+            ),
+        )
+    return DeploymentSpec(
+        flow_name=flow_name,
+        name=manifest.deployment.name or flow_name,
+        project=project,
+        fields=fields,
+        schedules=schedules,
+        manifest=carried,
+    )
+
+
+def flow_dir_of(manifest_path: str) -> Path:
+    return Path(manifest_path).resolve().parent

@@ -1,0 +1,277 @@
+"""plan(desired, live) → what apply would change. Pure: `plan` and `apply --dry-run` share it."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .desired import (
+    MANIFEST_ENV,
+    OWNER_TAG,
+    PROJECT_TAG_PREFIX,
+    DeploymentSpec,
+    ScheduleSpec,
+    decode_manifest,
+)
+
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class LiveSchedule:
+    id: str
+    slug: str | None
+    cron: str | None
+    timezone: str | None
+    active: bool
+
+
+@dataclass(frozen=True)
+class LiveDeployment:
+    """A deployment as read from the server (only what mfprefect compares)."""
+
+    id: str
+    flow_name: str
+    name: str
+    fields: Mapping[str, Any]
+    schedules: tuple[LiveSchedule, ...] = ()
+
+    @property
+    def key(self) -> str:
+        return f"{self.flow_name}/{self.name}"
+
+    @property
+    def owned(self) -> bool:
+        return OWNER_TAG in (self.fields.get("tags") or [])
+
+    @property
+    def project(self) -> str | None:
+        for tag in self.fields.get("tags") or []:
+            if tag.startswith(PROJECT_TAG_PREFIX):
+                return str(tag[len(PROJECT_TAG_PREFIX) :])
+        return None
+
+
+@dataclass(frozen=True)
+class FieldChange:
+    field: str
+    old: Any
+    new: Any
+
+
+@dataclass(frozen=True)
+class Change:
+    action: str  # create | update | delete | conflict
+    key: str
+    changes: tuple[FieldChange, ...] = ()
+    spec: DeploymentSpec | None = None
+    live: LiveDeployment | None = None
+    schedule_ops: tuple[tuple[str, ScheduleSpec | None, LiveSchedule | None], ...] = ()
+
+
+@dataclass
+class Plan:
+    changes: list[Change] = field(default_factory=list)
+
+    @property
+    def pending(self) -> list[Change]:
+        return [c for c in self.changes if c.action in ("create", "update", "delete")]
+
+    @property
+    def conflicts(self) -> list[Change]:
+        return [c for c in self.changes if c.action == "conflict"]
+
+    def summary(self) -> str:
+        counts = {
+            action: sum(c.action == action for c in self.changes)
+            for action in ("create", "update", "delete")
+        }
+        if not any(counts.values()):
+            return "No changes: the server matches the manifests."
+        return f"Plan: {counts['create']} to create, {counts['update']} to update, {counts['delete']} to delete."
+
+    def text(self) -> str:
+        lines: list[str] = []
+        for change in self.changes:
+            marker = {"create": "+", "update": "~", "delete": "-", "conflict": "!"}[change.action]
+            if change.action == "conflict":
+                lines.append(
+                    f"! deployment {change.key}: exists and is not managed by mfprefect (--adopt takes it over)"
+                )
+                continue
+            lines.append(f"{marker} {change.action} deployment {change.key}")
+            for item in change.changes:
+                if change.action == "create":
+                    lines.append(f"    {item.field}: {_short(item.new)}")
+                elif change.action == "update":
+                    lines.append(f"    {item.field}: {_short(item.old)} -> {_short(item.new)}")
+        lines.append(self.summary())
+        return "\n".join(lines)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "format_version": FORMAT_VERSION,
+            "changes": [
+                {
+                    "action": c.action,
+                    "kind": "deployment",
+                    "key": c.key,
+                    "fields": [{"field": f.field, "old": f.old, "new": f.new} for f in c.changes],
+                }
+                for c in self.changes
+            ],
+            "summary": {
+                a: sum(c.action == a for c in self.changes)
+                for a in ("create", "update", "delete", "conflict")
+            },
+        }
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, sort_keys=True, default=str)
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+# Fields compared directly; job_variables is compared through the manifest it carries.
+COMPARED = (
+    "description",
+    "tags",
+    "work_pool_name",
+    "work_queue_name",
+    "parameters",
+    "parameter_openapi_schema",
+    "enforce_parameter_schema",
+    "concurrency_limit",
+    "paused",
+    "entrypoint",
+    "path",
+    "pull_steps",
+)
+SHOWN_ON_CREATE = (
+    "work_pool_name",
+    "work_queue_name",
+    "tags",
+    "paused",
+    "concurrency_limit",
+    "parameters",
+)
+
+
+def plan(
+    desired: Sequence[DeploymentSpec],
+    live: Iterable[LiveDeployment],
+    *,
+    prune: bool = False,
+    adopt: bool = False,
+) -> Plan:
+    """What to create, update, delete (only owned objects) and what conflicts, in a stable order."""
+    by_key = {d.key: d for d in live}
+    result = Plan()
+    for spec in sorted(desired, key=lambda s: s.key):
+        current = by_key.get(spec.key)
+        if current is None:
+            shown = [FieldChange(f, None, spec.fields.get(f)) for f in SHOWN_ON_CREATE]
+            shown += [
+                FieldChange(f"schedule {s.slug}", None, _schedule_text(s)) for s in spec.schedules
+            ]
+            shown.append(FieldChange("steps", None, list(spec.manifest.get("steps", {}))))
+            result.changes.append(Change("create", spec.key, tuple(shown), spec=spec))
+            continue
+        if not current.owned and not adopt:
+            result.changes.append(Change("conflict", spec.key, spec=spec, live=current))
+            continue
+        diffs = [
+            FieldChange(name, _norm(current.fields.get(name)), _norm(spec.fields.get(name)))
+            for name in COMPARED
+            if _norm(current.fields.get(name)) != _norm(spec.fields.get(name))
+        ]
+        diffs += _manifest_diffs(current.fields.get("job_variables"), spec.manifest)
+        ops = _schedule_ops(spec.schedules, current.schedules)
+        for op, want, have in ops:
+            slug = want.slug if want is not None else (have.slug if have is not None else "?")
+            diffs.append(
+                FieldChange(
+                    f"schedule {slug}",
+                    _schedule_text(have) if have else None,
+                    _schedule_text(want) if want and op != "delete" else None,
+                )
+            )
+        if diffs:
+            result.changes.append(
+                Change("update", spec.key, tuple(diffs), spec=spec, live=current, schedule_ops=ops)
+            )
+    if prune:
+        wanted = {s.key for s in desired}
+        scope = {s.project for s in desired}
+        for current in sorted(by_key.values(), key=lambda d: d.key):
+            if (
+                current.owned
+                and current.key not in wanted
+                and (not desired or current.project in scope)
+            ):
+                result.changes.append(Change("delete", current.key, live=current))
+    return result
+
+
+def _schedule_text(schedule: ScheduleSpec | LiveSchedule) -> str:
+    state = "active" if schedule.active else "paused"
+    return f"{schedule.cron} ({schedule.timezone or 'UTC'}, {state})"
+
+
+def _schedule_ops(
+    wanted: Sequence[ScheduleSpec], present: Sequence[LiveSchedule]
+) -> tuple[tuple[str, ScheduleSpec | None, LiveSchedule | None], ...]:
+    """Upsert by slug: unchanged schedules (and their scheduled runs) are left alone."""
+    ops: list[tuple[str, ScheduleSpec | None, LiveSchedule | None]] = []
+    by_slug = {s.slug: s for s in present}
+    for want in wanted:
+        have = by_slug.pop(want.slug, None)
+        if have is None:
+            ops.append(("create", want, None))
+        elif (have.cron, have.timezone or None, have.active) != (
+            want.cron,
+            want.timezone or None,
+            want.active,
+        ):
+            ops.append(("update", want, have))
+    for leftover in by_slug.values():
+        ops.append(("delete", None, leftover))
+    return tuple(ops)
+
+
+def _norm(value: Any) -> Any:
+    """Compare like with like: JSON round trip, sorted tags, empty strings as None."""
+    if value == "":
+        return None
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return sorted(value)
+    return json.loads(json.dumps(value, sort_keys=True, default=str))
+
+
+def _manifest_diffs(job_variables: Any, wanted: Mapping[str, Any]) -> list[FieldChange]:
+    blob = (
+        ((job_variables or {}).get("env") or {}).get(MANIFEST_ENV)
+        if isinstance(job_variables, dict)
+        else None
+    )
+    try:
+        current = decode_manifest(blob) if isinstance(blob, str) else {}
+    except (ValueError, OSError):
+        current = {}
+    old_flat, new_flat = _flatten(current), _flatten(json.loads(json.dumps(wanted)))
+    return [
+        FieldChange(f"manifest.{path}", old_flat.get(path), new_flat.get(path))
+        for path in sorted(set(old_flat) | set(new_flat))
+        if old_flat.get(path) != new_flat.get(path)
+    ]
+
+
+def _flatten(data: Any, prefix: str = "", depth: int = 0) -> dict[str, Any]:
+    if isinstance(data, dict) and data and depth < 4:
+        out: dict[str, Any] = {}
+        for key, value in data.items():
+            out.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key), depth + 1))
+        return out
+    return {prefix: data} if prefix else {}
