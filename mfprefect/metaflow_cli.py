@@ -114,6 +114,122 @@ def _report_run(start: Any) -> None:
     click.echo(f"mfprefect: run {summary.pathspec} completed", err=True)
 
 
+@prefect.command(
+    name="create", help="Export this flow and apply it to the Prefect server (PREFECT_API_URL)."
+)
+@click.option(
+    "--name", "deployment_name", default=None, help="Deployment name (default: the pipeline name)."
+)
+@click.option("--work-pool", required=True, help="Prefect work pool the deployment runs on.")
+@click.option("--work-queue", default=None, help="Prefect work queue within the pool.")
+@click.option("--tag", "tags", multiple=True, help="Deployment tag (repeatable).")
+@click.option("--workflow-timeout", type=int, default=None, help="Flow-level timeout in seconds.")
+@click.option(
+    "--adopt",
+    is_flag=True,
+    help="Take over a deployment of the same name that mfprefect does not own.",
+)
+@click.pass_obj
+def create_command(
+    obj: Any,
+    deployment_name: str | None,
+    work_pool: str,
+    work_queue: str | None,
+    tags: tuple[str, ...],
+    workflow_timeout: int | None,
+    adopt: bool,
+) -> None:
+    from .cli import _server_url
+    from .deploy import apply as applier
+    from .deploy.desired import deployment_for
+    from .manifest import from_data
+
+    options = export.ExportOptions(
+        deployment_name, work_pool, work_queue, tuple(tags), workflow_timeout
+    )
+    data = export.build(obj, None, options)
+    _checked(data)
+
+    def create() -> Any:
+        _server_url()
+        spec = deployment_for(from_data(data, str(Path.cwd() / "in-memory-manifest.yaml")), data)
+        result = applier.run([spec], adopt=adopt, echo=lambda line: click.echo(line, err=True))
+        click.echo(result.text(), err=True)
+        _write_deployer_attributes(
+            obj,
+            {"name": spec.key, "flow_name": obj.flow.name, "metadata": obj.metadata.metadata_str()},
+        )
+        return None
+
+    _report(create)
+
+
+@prefect.command(name="trigger", help="Start a run of this flow's deployment.")
+@click.option(
+    "--name", "deployment_name", default=None, help="Deployment name (default: the pipeline name)."
+)
+@click.option(
+    "--run-param",
+    "run_params",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="A parameter value (repeatable).",
+)
+@click.pass_obj
+def trigger_command(obj: Any, deployment_name: str | None, run_params: tuple[str, ...]) -> None:
+    from .cli import _server_url
+    from .deploy import apply as applier
+    from .deploy.desired import qualified_name
+    from .errors import UsageError
+    from .manifest import from_data
+
+    def trigger() -> Any:
+        _server_url()
+        data = export.build(obj, None, export.ExportOptions())
+        flow_name = qualified_name(from_data(data, str(Path.cwd() / "in-memory-manifest.yaml")))
+        pairs = []
+        for item in run_params:
+            name, sep, value = item.partition("=")
+            if not sep:
+                raise UsageError(f"--run-param {item!r} is not NAME=VALUE")
+            pairs.append((name, value))
+        flow_run_id = applier.trigger_with_strings(
+            f"{flow_name}/{deployment_name or flow_name}", pairs
+        )
+        click.echo(flow_run_id)
+        return None
+
+    _report(trigger)
+
+
+def _write_deployer_attributes(obj: Any, payload: dict[str, Any]) -> None:
+    """What Metaflow's Deployer reads back (`--deployer-attribute-file`), when it asked."""
+    target = getattr(obj, "deployer_attribute_file", None)
+    if target:
+        import json
+
+        with open(target, "w", encoding="utf-8") as handle:
+            json.dump(payload, handle)
+
+
+def _report(action: Any) -> None:
+    try:
+        action()
+    except MfprefectError as exc:
+        click.secho(f"mfprefect: {exc.message}", fg="red", err=True)
+        if exc.hint:
+            click.echo(exc.hint, err=True)
+        sys.exit(exc.exit_code)
+
+
+def _checked(data: dict[str, Any]) -> None:
+    from .manifest import validate_data
+
+    problems = [d for d in validate_data(data) if d.severity == "error"]
+    if problems:
+        raise UnsupportedFlow("\n".join(d.text() for d in problems))
+
+
 @prefect.command(name="compile", help="Write OUTPUT, a Python file that runs this flow on Prefect.")
 @click.argument("output")
 @click.pass_obj
@@ -128,12 +244,9 @@ def compile_command(obj: Any, output: str) -> None:
 
 def _checked_data(obj: Any) -> dict[str, Any]:
     """The flow's manifest data, built in memory and validated like a file would be."""
-    from .manifest import validate_data
 
     data = export.build(obj, None, export.ExportOptions())
-    problems = [d for d in validate_data(data) if d.severity == "error"]
-    if problems:
-        raise UnsupportedFlow("\n".join(d.text() for d in problems))
+    _checked(data)
     return data
 
 

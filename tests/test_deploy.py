@@ -1,0 +1,304 @@
+"""GitOps against a real Prefect server and a real process worker, both started here."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import EXAMPLES, flow_cli, flow_env, mfprefect, run
+
+HERE = Path(__file__).resolve().parent
+POOL = "mfp-test-pool"
+
+pytestmark = pytest.mark.slow
+
+
+def _request(env: dict[str, str], method: str, path: str, body: dict | None = None) -> object:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(
+        env["PREFECT_API_URL"] + path,
+        data=data,
+        method=method,
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=15) as response:
+        raw = response.read()
+    return json.loads(raw) if raw else None
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """A Prefect server, a process work pool and a worker polling it; all stopped at the end."""
+    home = tmp_path_factory.mktemp("deploy")
+    env = flow_env(home)
+    env["MFPREFECT_HOME"] = str(home / "mfhome")
+    env.pop("PREFECT_API_URL", None)
+    started = run(
+        [
+            sys.executable,
+            "-c",
+            "from mfprefect.runtime import local_server as s; print(s.ensure_server())",
+        ],
+        env=env,
+        timeout=120,
+    )
+    assert started.returncode == 0, started.stderr
+    env["PREFECT_API_URL"] = started.stdout.strip().splitlines()[-1]
+    made = run(
+        [sys.executable, "-m", "prefect", "work-pool", "create", POOL, "--type", "process"],
+        env=env,
+        timeout=60,
+    )
+    assert made.returncode == 0, made.stderr
+    worker_env = dict(env, PREFECT_WORKER_QUERY_SECONDS="1", PREFECT_WORKER_PREFETCH_SECONDS="5")
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "prefect", "worker", "start", "--pool", POOL],
+        env=worker_env,
+        stdout=open(home / "worker.log", "w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    env["_HOME"] = str(home)
+    try:
+        yield env
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGKILL):
+            if worker.poll() is not None:
+                break
+            os.killpg(worker.pid, sig)
+            try:
+                worker.wait(timeout=8)
+            except subprocess.TimeoutExpired:
+                continue
+        run([sys.executable, "-m", "mfprefect.runtime.local_server", "stop"], env=env, timeout=60)
+
+
+def _workspace(tmp_path: Path, env: dict[str, str], *flows: str, pool: str = POOL) -> list[Path]:
+    """Copies of example flows with their manifests exported onto the test pool."""
+    manifests = []
+    for name in flows:
+        shutil.copy(EXAMPLES / f"{name}.py", tmp_path / f"{name}.py")
+        manifest = tmp_path / f"{name}.yaml"
+        result = flow_cli(
+            tmp_path / f"{name}.py",
+            "prefect",
+            "export",
+            str(manifest),
+            "--work-pool",
+            pool,
+            env=env,
+        )
+        assert result.returncode == 0, result.stderr
+        manifests.append(manifest)
+    return manifests
+
+
+def _deployment(env: dict[str, str], key: str) -> dict:
+    flow, name = key.split("/")
+    return _request(env, "GET", f"/deployments/name/{flow}/{name}")  # type: ignore[return-value]
+
+
+def test_apply_is_idempotent_and_plan_shows_drift(stack: dict[str, str], tmp_path: Path) -> None:
+    linear, schedule = _workspace(tmp_path, stack, "linear_flow", "schedule_flow")
+    assert mfprefect("plan", str(linear), str(schedule), env=stack).returncode == 1
+    applied = mfprefect("apply", str(tmp_path), env=stack)
+    assert applied.returncode == 0, applied.stderr
+    assert (
+        "[1/2] create deployment" in applied.stderr and "[2/2] create deployment" in applied.stderr
+    )
+    before = _deployment(stack, "ScheduleFlow/ScheduleFlow")
+    assert (
+        before["schedules"][0]["slug"] == "mfprefect-cron"
+        and before["schedules"][0]["schedule"]["cron"] == "0 6 * * *"
+    )
+    again = mfprefect("apply", str(tmp_path), env=stack)
+    assert again.returncode == 0 and "No changes" in again.stdout
+    after = _deployment(stack, "ScheduleFlow/ScheduleFlow")
+    assert after["updated"] == before["updated"]  # no write at all
+    assert mfprefect("plan", str(tmp_path), env=stack).returncode == 0
+
+    # Drift made by hand in the UI: a schedule paused, a parameter default changed.
+    schedule_id = after["schedules"][0]["id"]
+    _request(
+        stack, "PATCH", f"/deployments/{after['id']}/schedules/{schedule_id}", {"active": False}
+    )
+    _request(
+        stack,
+        "PATCH",
+        f"/deployments/{_deployment(stack, 'LinearFlow/LinearFlow')['id']}",
+        {"description": "edited by hand"},
+    )
+    drift = mfprefect("plan", str(tmp_path), "--output", "json", env=stack)
+    assert drift.returncode == 1
+    data = json.loads(drift.stdout)
+    assert data["format_version"] == 1
+    fields = {(c["key"], f["field"]) for c in data["changes"] for f in c["fields"]}
+    assert ("ScheduleFlow/ScheduleFlow", "schedule mfprefect-cron") in fields
+    assert ("LinearFlow/LinearFlow", "description") in fields
+    text = mfprefect("plan", str(tmp_path), env=stack).stdout
+    assert "~ update deployment LinearFlow/LinearFlow" in text and '"edited by hand" -> ' in text
+    assert mfprefect("apply", str(tmp_path), env=stack).returncode == 0
+    restored = _deployment(stack, "ScheduleFlow/ScheduleFlow")
+    assert (
+        restored["schedules"][0]["active"] is True and restored["schedules"][0]["id"] == schedule_id
+    )
+    assert mfprefect("plan", str(tmp_path), env=stack).returncode == 0
+
+    # A code-derived change edited into the manifest shows as a manifest field and is applied.
+    linear.write_text(linear.read_text().replace("  parallelism: 16\n", "  parallelism: 4\n"))
+    text = mfprefect("plan", str(linear), env=stack).stdout
+    assert "manifest.deployment.parallelism: 16 -> 4" in text
+    assert mfprefect("apply", str(linear), env=stack).returncode == 0
+    assert mfprefect("plan", str(linear), env=stack).returncode == 0
+    assert mfprefect("delete", str(tmp_path), env=stack).returncode == 0
+
+
+def test_prune_touches_only_what_mfprefect_owns(stack: dict[str, str], tmp_path: Path) -> None:
+    linear, foreach = _workspace(tmp_path, stack, "linear_flow", "foreach_flow")
+    assert mfprefect("apply", str(linear), str(foreach), env=stack).returncode == 0
+    # Someone else's deployment, made without mfprefect.
+    flow_id = _request(stack, "POST", "/flows/", {"name": "HandMade"})["id"]  # type: ignore[index]
+    _request(
+        stack,
+        "POST",
+        "/deployments/",
+        {"name": "keep-me", "flow_id": flow_id, "work_pool_name": POOL},
+    )
+    pruned = mfprefect("apply", str(linear), "--prune", env=stack)
+    assert pruned.returncode == 0, pruned.stderr
+    assert "delete deployment ForeachFlow/ForeachFlow" in pruned.stderr
+    assert _deployment(stack, "HandMade/keep-me")["name"] == "keep-me"
+    with pytest.raises(urllib.error.HTTPError):
+        _deployment(stack, "ForeachFlow/ForeachFlow")
+    assert mfprefect("delete", str(linear), env=stack).returncode == 0
+
+
+def test_unowned_deployment_is_a_conflict_unless_adopted(
+    stack: dict[str, str], tmp_path: Path
+) -> None:
+    (linear,) = _workspace(tmp_path, stack, "start_split_flow")
+    flow_id = _request(stack, "POST", "/flows/", {"name": "StartSplitFlow"})["id"]  # type: ignore[index]
+    _request(
+        stack,
+        "POST",
+        "/deployments/",
+        {"name": "StartSplitFlow", "flow_id": flow_id, "work_pool_name": POOL},
+    )
+    refused = mfprefect("apply", str(linear), env=stack)
+    assert refused.returncode == 3
+    assert "not managed by mfprefect already exist: StartSplitFlow/StartSplitFlow" in refused.stderr
+    assert "--adopt" in refused.stderr and "Traceback" not in refused.stderr
+    adopted = mfprefect("apply", str(linear), "--adopt", env=stack)
+    assert adopted.returncode == 0, adopted.stderr
+    assert "mfprefect" in _deployment(stack, "StartSplitFlow/StartSplitFlow")["tags"]
+    assert mfprefect("delete", str(linear), env=stack).returncode == 0
+
+
+def _wait_flow_run(env: dict[str, str], flow_run_id: str, timeout: float = 120) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        found = _request(env, "GET", f"/flow_runs/{flow_run_id}")
+        if (
+            found["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
+            or time.monotonic() > deadline
+        ):  # type: ignore[index]
+            return found  # type: ignore[return-value]
+        time.sleep(0.5)
+
+
+def test_triggered_run_goes_through_the_worker(stack: dict[str, str], tmp_path: Path) -> None:
+    (params,) = _workspace(tmp_path, stack, "parameters_flow")
+    assert mfprefect("apply", str(params), env=stack).returncode == 0
+    triggered = mfprefect(
+        "trigger",
+        "ParametersFlow",
+        "--param",
+        "dataset=remote",
+        "--param",
+        "learning-rate=0.3",
+        env=stack,
+    )
+    assert triggered.returncode == 0, triggered.stderr
+    flow_run = _wait_flow_run(stack, triggered.stdout.strip())
+    assert flow_run["state"]["type"] == "COMPLETED", flow_run["state"]
+    assert (
+        flow_run["parameters"]["dataset"] == "remote"
+        and flow_run["parameters"]["learning_rate"] == 0.3
+    )
+    pathspec = (
+        next(t.split(":", 1)[1] for t in flow_run["tags"] if t.startswith("metaflow_run:"))
+        if any(t.startswith("metaflow_run:") for t in flow_run["tags"])
+        else None
+    )
+    probe = (
+        "import sys; from metaflow import Flow, namespace; namespace(None); "
+        "r = [r for r in Flow('ParametersFlow') if ('prefect_flow_run:' + sys.argv[1]) in r.tags][0]; "
+        "print(r.successful, r['start'].task.data.dataset_value, r['start'].task.data.learning_rate_value)"
+    )
+    found = run([sys.executable, "-c", probe, flow_run["id"]], env=stack)
+    assert found.returncode == 0, found.stderr[-2000:]
+    assert found.stdout.split() == ["True", "remote", "0.3"], (found.stdout, pathspec)
+    bad = mfprefect("trigger", "ParametersFlow", "--param", "count=many", env=stack)
+    assert bad.returncode == 2 and "not a valid integer" in bad.stderr
+    assert mfprefect("trigger", "NoSuchFlow", env=stack).returncode == 3
+    assert mfprefect("delete", str(params), env=stack).returncode == 0
+
+
+def test_metaflow_create_and_trigger(stack: dict[str, str], tmp_path: Path) -> None:
+    shutil.copy(EXAMPLES / "linear_flow.py", tmp_path / "linear_flow.py")
+    created = flow_cli(
+        tmp_path / "linear_flow.py",
+        "prefect",
+        "create",
+        "--name",
+        "prod",
+        "--work-pool",
+        POOL,
+        env=stack,
+    )
+    assert created.returncode == 0, created.stderr
+    assert _deployment(stack, "LinearFlow/prod")["work_pool_name"] == POOL
+    triggered = flow_cli(
+        tmp_path / "linear_flow.py", "prefect", "trigger", "--name", "prod", env=stack
+    )
+    assert triggered.returncode == 0, triggered.stderr
+    assert (
+        _wait_flow_run(stack, triggered.stdout.strip().splitlines()[-1])["state"]["type"]
+        == "COMPLETED"
+    )
+    _request(stack, "DELETE", f"/deployments/{_deployment(stack, 'LinearFlow/prod')['id']}")
+
+
+def test_errors_are_one_line_with_the_right_exit_code(
+    stack: dict[str, str], tmp_path: Path
+) -> None:
+    (linear,) = _workspace(tmp_path, stack, "linear_flow")
+    down = mfprefect(
+        "apply", str(linear), env=dict(stack, PREFECT_API_URL="http://127.0.0.1:9/api")
+    )
+    assert down.returncode == 3 and "cannot reach http://127.0.0.1:9/api" in down.stderr
+    assert "Traceback" not in down.stderr
+    no_pool = _workspace(tmp_path / "..", stack, "switch_flow", pool="no-such-pool")[0]
+    missing = mfprefect("apply", str(no_pool), env=stack)
+    assert missing.returncode == 3 and "work pool `no-such-pool` does not exist" in missing.stderr
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(linear.read_text().replace("kind: linear", "kind: linearr", 1))
+    invalid = mfprefect("apply", str(broken), env=stack)
+    assert invalid.returncode == 1 and "nothing was applied" in invalid.stderr
+    unset = dict(stack)
+    unset.pop("PREFECT_API_URL")
+    assert (
+        mfprefect(
+            "plan", str(linear), env=dict(unset, PREFECT_HOME=str(tmp_path / "nohome"))
+        ).returncode
+        == 2
+    )
