@@ -297,3 +297,72 @@ def test_errors_are_one_line_with_the_right_exit_code(
         ).returncode
         == 2
     )
+
+
+def _automations(env: dict[str, str], key: str) -> list[dict]:
+    found = _request(env, "POST", "/automations/filter", {})
+    return [a for a in found if f"mfprefect-deployment:{key}" in a.get("tags", [])]  # type: ignore[union-attr]
+
+
+def _runs_of(env: dict[str, str], flow_name: str) -> list[dict]:
+    return _request(env, "POST", "/flow_runs/filter", {"flows": {"name": {"any_": [flow_name]}}})  # type: ignore[return-value]
+
+
+def _wait_for_run_of(env: dict[str, str], flow_name: str, timeout: float = 90) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        runs = [
+            r
+            for r in _runs_of(env, flow_name)
+            if r["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED")
+        ]
+        if runs:
+            return runs[0]
+        time.sleep(0.5)
+    raise AssertionError(f"no finished run of {flow_name} within {timeout} s")
+
+
+def test_event_trigger_runs_the_deployment(stack: dict[str, str], tmp_path: Path) -> None:
+    (manifest,) = _workspace(tmp_path, stack, "trigger_flow")
+    assert mfprefect("apply", str(manifest), env=stack).returncode == 0
+    first = _automations(stack, "TriggerFlow/TriggerFlow")
+    assert len(first) == 1 and first[0]["trigger"]["expect"] == ["data.ready"]
+    assert first[0]["actions"][0]["parameters"] == {
+        "path": {"__prefect_kind": "jinja", "template": "{{ event.payload.file_path }}"}
+    }
+    again = mfprefect("apply", str(manifest), env=stack)
+    assert again.returncode == 0 and "No changes" in again.stdout
+    assert [a["id"] for a in _automations(stack, "TriggerFlow/TriggerFlow")] == [first[0]["id"]]
+    emit = (
+        "from prefect.events import emit_event; "
+        "emit_event(event='data.ready', resource={'prefect.resource.id': 'test.source'}, payload={'file_path': 's3://bucket/key'})"
+    )
+    emitted = run([sys.executable, "-c", emit], env=stack)
+    assert emitted.returncode == 0, emitted.stderr[-2000:]
+    flow_run = _wait_for_run_of(stack, "TriggerFlow")
+    assert flow_run["state"]["type"] == "COMPLETED", flow_run["state"]
+    assert flow_run["parameters"]["path"] == "s3://bucket/key"
+    # A hand edit of the automation is drift, put back in place (same id).
+    _request(stack, "PATCH", f"/automations/{first[0]['id']}", {"enabled": False})
+    assert mfprefect("plan", str(manifest), env=stack).returncode == 1
+    assert mfprefect("apply", str(manifest), env=stack).returncode == 0
+    restored = _automations(stack, "TriggerFlow/TriggerFlow")
+    assert [(a["id"], a["enabled"]) for a in restored] == [(first[0]["id"], True)]
+    assert mfprefect("delete", str(manifest), env=stack).returncode == 0
+    assert _automations(stack, "TriggerFlow/TriggerFlow") == []
+
+
+def test_upstream_completion_runs_the_downstream(stack: dict[str, str], tmp_path: Path) -> None:
+    manifests = _workspace(tmp_path, stack, "linear_flow", "trigger_on_finish_flow")
+    assert mfprefect("apply", *map(str, manifests), env=stack).returncode == 0
+    (automation,) = _automations(stack, "TriggerOnFinishFlow/TriggerOnFinishFlow")
+    assert automation["trigger"]["expect"] == ["prefect.flow-run.Completed"]
+    before = len(_runs_of(stack, "TriggerOnFinishFlow"))
+    triggered = mfprefect("trigger", "LinearFlow", env=stack)
+    assert triggered.returncode == 0, triggered.stderr
+    assert _wait_flow_run(stack, triggered.stdout.strip())["state"]["type"] == "COMPLETED"
+    deadline = time.monotonic() + 90
+    while len(_runs_of(stack, "TriggerOnFinishFlow")) == before and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert _wait_for_run_of(stack, "TriggerOnFinishFlow")["state"]["type"] == "COMPLETED"
+    assert mfprefect("delete", *map(str, manifests), env=stack).returncode == 0

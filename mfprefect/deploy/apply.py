@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 from ..errors import RuntimeFailure
-from .desired import OWNER_TAG, DeploymentSpec
-from .plan import Change, LiveDeployment, LiveSchedule, Plan, plan
+from .desired import OWNER_TAG, AutomationSpec, DeploymentSpec
+from .plan import Change, LiveAutomation, LiveDeployment, LiveSchedule, Plan, plan
+
+DEPLOYMENT_TAG_PREFIX = "mfprefect-deployment:"
 
 Echo = Callable[[str], None]
 
@@ -111,7 +114,40 @@ async def read_live(client: Any, desired: Sequence[DeploymentSpec]) -> list[Live
     if flow_ids:
         for flow in await client.read_flows(flow_filter=FlowFilter(id=FlowFilterId(any_=flow_ids))):
             flows[flow.id] = flow.name
-    return [_live(d, flows.get(d.flow_id, "?")) for d in found.values()]
+    automations: dict[str, list[LiveAutomation]] = {}
+    for automation in await client.read_automations():
+        tags = list(getattr(automation, "tags", []) or [])
+        if OWNER_TAG not in tags:
+            continue
+        for tag in tags:
+            if tag.startswith(DEPLOYMENT_TAG_PREFIX):
+                automations.setdefault(tag[len(DEPLOYMENT_TAG_PREFIX) :], []).append(
+                    _live_automation(automation)
+                )
+    lives = []
+    for deployment in found.values():
+        live = _live(deployment, flows.get(deployment.flow_id, "?"))
+        lives.append(replace(live, automations=tuple(automations.get(live.key, []))))
+    return lives
+
+
+def _live_automation(automation: Any) -> LiveAutomation:
+    trigger = automation.trigger
+    related = trigger.model_dump(mode="json").get("match_related") or {}
+    if isinstance(related, list):
+        related = related[0] if len(related) == 1 else {}
+    view = {
+        "expect": sorted(trigger.expect),
+        "match_related": related,
+        "posture": getattr(trigger.posture, "value", trigger.posture),
+        "threshold": trigger.threshold,
+        "within": int(trigger.within.total_seconds()),
+    }
+    actions = list(automation.actions or [])
+    parameters = getattr(actions[0], "parameters", None) if actions else None
+    return LiveAutomation(
+        str(automation.id), automation.name, view, parameters, bool(automation.enabled)
+    )
 
 
 def _live(deployment: Any, flow_name: str) -> LiveDeployment:
@@ -167,6 +203,8 @@ async def _apply_one(client: Any, change: Change) -> None:
         await client.delete_deployment(change.live.id)
         # Prefect keeps a deployment's automations when it is deleted; we do not.
         await client.delete_resource_owned_automations(f"prefect.deployment.{change.live.id}")
+        for automation in change.live.automations:
+            await client.delete_automation(automation.id)
         return
     spec = change.spec
     assert spec is not None
@@ -181,9 +219,11 @@ async def _apply_one(client: Any, change: Change) -> None:
             )
             for s in spec.schedules
         ]
-        await client.create_deployment(
+        deployment_id = await client.create_deployment(
             flow_id=flow_id, name=spec.name, schedules=schedules, **fields
         )
+        for automation in spec.automations:
+            await client.create_automation(_automation_core(spec, automation, str(deployment_id)))
         return
     assert change.live is not None
     changed = {f.field for f in change.changes}
@@ -214,6 +254,47 @@ async def _apply_one(client: Any, change: Change) -> None:
             )
         elif op == "delete" and have is not None:
             await client.delete_deployment_schedule(change.live.id, have.id)
+    for op, want_automation, have_automation in change.automation_ops:
+        if op == "create" and want_automation is not None:
+            await client.create_automation(_automation_core(spec, want_automation, change.live.id))
+        elif op == "update" and want_automation is not None and have_automation is not None:
+            # In place, so the automation keeps its id (and its history).
+            await client.update_automation(
+                have_automation.id, _automation_core(spec, want_automation, change.live.id)
+            )
+        elif op == "delete" and have_automation is not None:
+            await client.delete_automation(have_automation.id)
+
+
+def _automation_core(spec: DeploymentSpec, automation: AutomationSpec, deployment_id: str) -> Any:
+    from datetime import timedelta
+    from uuid import UUID
+
+    from prefect.events.actions import RunDeployment
+    from prefect.events.schemas.automations import AutomationCore, EventTrigger
+
+    view = automation.trigger
+    trigger = EventTrigger(
+        expect=set(view["expect"]),
+        match_related=dict(view["match_related"]),  # type: ignore[arg-type]
+        posture="Reactive",  # type: ignore[arg-type]
+        threshold=int(view["threshold"]),
+        within=timedelta(seconds=int(view["within"])),
+    )
+    action = RunDeployment(
+        source="selected",
+        deployment_id=UUID(deployment_id),
+        parameters=dict(automation.parameters) if automation.parameters is not None else None,
+        job_variables=None,
+    )
+    return AutomationCore(
+        name=automation.name,
+        description=f"Runs {spec.key} (managed by mfprefect)",
+        enabled=True,
+        tags=[OWNER_TAG, DEPLOYMENT_TAG_PREFIX + spec.key],
+        trigger=trigger,
+        actions=[action],
+    )
 
 
 def trigger(deployment: str, parameters: dict[str, Any]) -> str:

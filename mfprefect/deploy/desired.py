@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
-from ..manifest import Manifest
+from ..manifest import EventTrigger, FlowFinishedTrigger, Manifest
 
 OWNER_TAG = "mfprefect"
 PROJECT_TAG_PREFIX = "mfprefect-project:"
@@ -37,6 +37,15 @@ class ScheduleSpec:
 
 
 @dataclass(frozen=True)
+class AutomationSpec:
+    """An automation that runs the deployment: its event trigger and the parameters it passes."""
+
+    name: str
+    trigger: Mapping[str, Any]
+    parameters: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True)
 class DeploymentSpec:
     """One deployment as mfprefect wants it on the server (the fields mfprefect manages)."""
 
@@ -46,6 +55,7 @@ class DeploymentSpec:
     fields: Mapping[str, Any] = field(default_factory=dict)
     schedules: tuple[ScheduleSpec, ...] = ()
     manifest: Mapping[str, Any] = field(default_factory=dict)
+    automations: tuple[AutomationSpec, ...] = ()
 
     @property
     def key(self) -> str:
@@ -146,7 +156,8 @@ def deployment_for(manifest: Manifest, data: Mapping[str, Any]) -> DeploymentSpe
             if s.default is not None
         },
         "parameter_openapi_schema": openapi_schema(manifest),
-        "enforce_parameter_schema": True,
+        # Automations pass payload fields as text; the deployed flow types them (see deployed.py).
+        "enforce_parameter_schema": False,
         "job_variables": {"env": {MANIFEST_ENV: blob, "MFPREFECT_FLOW_NAME": flow_name}},
         "concurrency_limit": manifest.deployment.concurrency_limit,
         "paused": manifest.deployment.paused,
@@ -170,14 +181,57 @@ def deployment_for(manifest: Manifest, data: Mapping[str, Any]) -> DeploymentSpe
                 active=not manifest.deployment.paused,
             ),
         )
+    name = manifest.deployment.name or flow_name
     return DeploymentSpec(
         flow_name=flow_name,
-        name=manifest.deployment.name or flow_name,
+        name=name,
         project=project,
         fields=fields,
         schedules=schedules,
         manifest=carried,
+        automations=automations_for(manifest, f"{flow_name}/{name}"),
     )
+
+
+def automations_for(manifest: Manifest, key: str) -> tuple[AutomationSpec, ...]:
+    """One automation per @trigger event and per @trigger_on_finish upstream flow."""
+    out = []
+    for number, trigger in enumerate(manifest.triggers):
+        name = f"mfprefect {key} trigger {number}"
+        if isinstance(trigger, EventTrigger):
+            parameters = {
+                parameter_key(param): {
+                    "__prefect_kind": "jinja",
+                    "template": "{{ event.payload." + field_name + " }}",
+                }
+                for param, field_name in sorted(trigger.parameters.items())
+            }
+            spec = {
+                "expect": [trigger.event],
+                "match_related": {},
+                "posture": "Reactive",
+                "threshold": 1,
+                "within": 0,
+            }
+            out.append(AutomationSpec(name, spec, parameters))
+        elif isinstance(trigger, FlowFinishedTrigger):
+            upstream = trigger.flow
+            if trigger.project:
+                upstream = (
+                    f"{trigger.project}.{trigger.branch or 'user.' + current_user()}.{trigger.flow}"
+                )
+            spec = {
+                "expect": ["prefect.flow-run.Completed"],
+                "match_related": {
+                    "prefect.resource.role": "flow",
+                    "prefect.resource.name": upstream,
+                },
+                "posture": "Reactive",
+                "threshold": 1,
+                "within": 0,
+            }
+            out.append(AutomationSpec(name, spec, None))
+    return tuple(out)
 
 
 def flow_dir_of(manifest_path: str) -> Path:

@@ -11,6 +11,7 @@ from .desired import (
     MANIFEST_ENV,
     OWNER_TAG,
     PROJECT_TAG_PREFIX,
+    AutomationSpec,
     DeploymentSpec,
     ScheduleSpec,
     decode_manifest,
@@ -29,6 +30,15 @@ class LiveSchedule:
 
 
 @dataclass(frozen=True)
+class LiveAutomation:
+    id: str
+    name: str
+    trigger: Mapping[str, Any]
+    parameters: Mapping[str, Any] | None
+    enabled: bool
+
+
+@dataclass(frozen=True)
 class LiveDeployment:
     """A deployment as read from the server (only what mfprefect compares)."""
 
@@ -37,6 +47,7 @@ class LiveDeployment:
     name: str
     fields: Mapping[str, Any]
     schedules: tuple[LiveSchedule, ...] = ()
+    automations: tuple[LiveAutomation, ...] = ()
 
     @property
     def key(self) -> str:
@@ -69,6 +80,7 @@ class Change:
     spec: DeploymentSpec | None = None
     live: LiveDeployment | None = None
     schedule_ops: tuple[tuple[str, ScheduleSpec | None, LiveSchedule | None], ...] = ()
+    automation_ops: tuple[tuple[str, AutomationSpec | None, LiveAutomation | None], ...] = ()
 
 
 @dataclass
@@ -176,6 +188,10 @@ def plan(
             shown += [
                 FieldChange(f"schedule {s.slug}", None, _schedule_text(s)) for s in spec.schedules
             ]
+            shown += [
+                FieldChange(f"automation {a.name}", None, a.trigger.get("expect"))
+                for a in spec.automations
+            ]
             shown.append(FieldChange("steps", None, list(spec.manifest.get("steps", {}))))
             result.changes.append(Change("create", spec.key, tuple(shown), spec=spec))
             continue
@@ -198,9 +214,29 @@ def plan(
                     _schedule_text(want) if want and op != "delete" else None,
                 )
             )
+        automation_ops = _automation_ops(spec.automations, current.automations)
+        for op, want_a, have_a in automation_ops:
+            label = (
+                want_a.name if want_a is not None else (have_a.name if have_a is not None else "?")
+            )
+            diffs.append(
+                FieldChange(
+                    f"automation {label}",
+                    _automation_view(have_a) if have_a is not None else None,
+                    _automation_view(want_a) if want_a is not None and op != "delete" else None,
+                )
+            )
         if diffs:
             result.changes.append(
-                Change("update", spec.key, tuple(diffs), spec=spec, live=current, schedule_ops=ops)
+                Change(
+                    "update",
+                    spec.key,
+                    tuple(diffs),
+                    spec=spec,
+                    live=current,
+                    schedule_ops=ops,
+                    automation_ops=automation_ops,
+                )
             )
     if prune:
         wanted = {s.key for s in desired}
@@ -213,6 +249,35 @@ def plan(
             ):
                 result.changes.append(Change("delete", current.key, live=current))
     return result
+
+
+def _automation_view(automation: AutomationSpec | LiveAutomation) -> dict[str, Any]:
+    view = {"trigger": _norm(dict(automation.trigger)), "parameters": _norm(automation.parameters)}
+    if isinstance(automation, LiveAutomation) and not automation.enabled:
+        view["enabled"] = False
+    return view
+
+
+def _automation_ops(
+    wanted: Sequence[AutomationSpec], present: Sequence[LiveAutomation]
+) -> tuple[tuple[str, AutomationSpec | None, LiveAutomation | None], ...]:
+    """Upsert by name, in place (ids kept); extras owned by this deployment are deleted."""
+    ops: list[tuple[str, AutomationSpec | None, LiveAutomation | None]] = []
+    by_name: dict[str, list[LiveAutomation]] = {}
+    for automation in present:
+        by_name.setdefault(automation.name, []).append(automation)
+    for want in wanted:
+        matches = sorted(by_name.pop(want.name, []), key=lambda a: a.id)
+        if not matches:
+            ops.append(("create", want, None))
+            continue
+        keep, *duplicates = matches
+        if _automation_view(keep) != _automation_view(want):
+            ops.append(("update", want, keep))
+        ops += [("delete", None, extra) for extra in duplicates]  # never two of one
+    for leftovers in by_name.values():
+        ops += [("delete", None, extra) for extra in leftovers]
+    return tuple(ops)
 
 
 def _schedule_text(schedule: ScheduleSpec | LiveSchedule) -> str:

@@ -13,6 +13,7 @@ from typing import Any
 
 from ..deploy.desired import MANIFEST_ENV, decode_manifest, parameter_key
 from ..manifest import Manifest, from_data, validate_data
+from .commands import parse_value
 from .prefect_flow import RunOptions, execute
 
 FLOW_NAME_ENV = "MFPREFECT_FLOW_NAME"
@@ -40,7 +41,17 @@ def build(manifest: Manifest) -> Any:
     names = {parameter_key(name): name for name in manifest.parameters}
 
     async def pipeline(**given: Any) -> str:
-        parameters = {names[key]: value for key, value in given.items() if value is not None}
+        parameters = {}
+        for key, value in given.items():
+            spec = manifest.parameters[names[key]]
+            if isinstance(value, str) and spec.type != "str":
+                # An automation passes event payload fields as text: type them here. An absent
+                # field renders as "" and leaves the default in place.
+                if value == "":
+                    continue
+                value = parse_value(spec, value)
+            if value is not None:
+                parameters[spec.name] = value
         return await execute(manifest, parameters, RunOptions())
 
     pipeline.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
