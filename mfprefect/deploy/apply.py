@@ -203,8 +203,8 @@ async def _apply_one(client: Any, change: Change) -> None:
         await client.delete_deployment(change.live.id)
         # Prefect keeps a deployment's automations when it is deleted; we do not.
         await client.delete_resource_owned_automations(f"prefect.deployment.{change.live.id}")
-        for automation in change.live.automations:
-            await client.delete_automation(automation.id)
+        for owned in change.live.automations:
+            await client.delete_automation(owned.id)
         return
     spec = change.spec
     assert spec is not None
@@ -222,8 +222,8 @@ async def _apply_one(client: Any, change: Change) -> None:
         deployment_id = await client.create_deployment(
             flow_id=flow_id, name=spec.name, schedules=schedules, **fields
         )
-        for automation in spec.automations:
-            await client.create_automation(_automation_core(spec, automation, str(deployment_id)))
+        for wanted in spec.automations:
+            await client.create_automation(_automation_core(spec, wanted, str(deployment_id)))
         return
     assert change.live is not None
     changed = {f.field for f in change.changes}
