@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -117,57 +118,55 @@ def _report_run(start: Any) -> None:
 @prefect.command(
     name="create", help="Export this flow and apply it to the Prefect server (PREFECT_API_URL)."
 )
-@click.option(
-    "--name", "deployment_name", default=None, help="Deployment name (default: the pipeline name)."
-)
+@click.option("--name", default=None, help="Deployment name (default: the pipeline name).")
 @click.option("--work-pool", required=True, help="Prefect work pool the deployment runs on.")
 @click.option("--work-queue", default=None, help="Prefect work queue within the pool.")
 @click.option("--tag", "tags", multiple=True, help="Deployment tag (repeatable).")
 @click.option("--workflow-timeout", type=int, default=None, help="Flow-level timeout in seconds.")
 @click.option(
-    "--adopt",
-    is_flag=True,
-    help="Take over a deployment of the same name that mfprefect does not own.",
+    "--adopt", is_flag=True, help="Take over a same-named deployment mfprefect does not own."
+)
+@click.option(
+    "--deployer-attribute-file", default=None, hidden=True, help="For Metaflow's Deployer API."
 )
 @click.pass_obj
 def create_command(
     obj: Any,
-    deployment_name: str | None,
+    name: str | None,
     work_pool: str,
     work_queue: str | None,
     tags: tuple[str, ...],
     workflow_timeout: int | None,
     adopt: bool,
+    deployer_attribute_file: str | None,
 ) -> None:
     from .cli import _server_url
     from .deploy import apply as applier
     from .deploy.desired import deployment_for
     from .manifest import from_data
 
-    options = export.ExportOptions(
-        deployment_name, work_pool, work_queue, tuple(tags), workflow_timeout
-    )
+    options = export.ExportOptions(name, work_pool, work_queue, tuple(tags), workflow_timeout)
     data = export.build(obj, None, options)
     _checked(data)
 
-    def create() -> Any:
+    def create() -> None:
         _server_url()
-        spec = deployment_for(from_data(data, str(Path.cwd() / "in-memory-manifest.yaml")), data)
+        spec = deployment_for(from_data(data, _in_memory_path()), data)
         result = applier.run([spec], adopt=adopt, echo=lambda line: click.echo(line, err=True))
         click.echo(result.text(), err=True)
-        _write_deployer_attributes(
-            obj,
-            {"name": spec.key, "flow_name": obj.flow.name, "metadata": obj.metadata.metadata_str()},
-        )
-        return None
+        attributes = {
+            "name": spec.key,
+            "flow_name": obj.flow.name,
+            "metadata": obj.metadata.metadata_str(),
+        }
+        _write_json(deployer_attribute_file, attributes)
 
     _report(create)
 
 
+@parameters.add_custom_parameters(deploy_mode=False)
 @prefect.command(name="trigger", help="Start a run of this flow's deployment.")
-@click.option(
-    "--name", "deployment_name", default=None, help="Deployment name (default: the pipeline name)."
-)
+@click.option("--name", default=None, help="Deployment name (default: the pipeline name).")
 @click.option(
     "--run-param",
     "run_params",
@@ -175,39 +174,62 @@ def create_command(
     metavar="NAME=VALUE",
     help="A parameter value (repeatable).",
 )
+@click.option(
+    "--deployer-attribute-file", default=None, hidden=True, help="For Metaflow's Deployer API."
+)
 @click.pass_obj
-def trigger_command(obj: Any, deployment_name: str | None, run_params: tuple[str, ...]) -> None:
+def trigger_command(
+    obj: Any,
+    name: str | None,
+    run_params: tuple[str, ...],
+    deployer_attribute_file: str | None,
+    **flow_params: Any,
+) -> None:
     from .cli import _server_url
     from .deploy import apply as applier
     from .deploy.desired import qualified_name
     from .errors import UsageError
     from .manifest import from_data
 
-    def trigger() -> Any:
+    def trigger() -> None:
         _server_url()
-        data = export.build(obj, None, export.ExportOptions())
-        flow_name = qualified_name(from_data(data, str(Path.cwd() / "in-memory-manifest.yaml")))
+        manifest = from_data(export.build(obj, None, export.ExportOptions()), _in_memory_path())
+        flow_name = qualified_name(manifest)
+        target = f"{flow_name}/{name or flow_name}"
         pairs = []
+        for spec in manifest.parameters.values():
+            value = flow_params.get(spec.name.replace("-", "_").lower())
+            if value is not None:
+                pairs.append((spec.name, value if isinstance(value, str) else json.dumps(value)))
         for item in run_params:
-            name, sep, value = item.partition("=")
+            param, sep, value = item.partition("=")
             if not sep:
                 raise UsageError(f"--run-param {item!r} is not NAME=VALUE")
-            pairs.append((name, value))
-        flow_run_id = applier.trigger_with_strings(
-            f"{flow_name}/{deployment_name or flow_name}", pairs
-        )
+            pairs.append((param, value))
+        flow_run_id = applier.trigger_with_strings(target, pairs)
         click.echo(flow_run_id)
-        return None
+        attributes = {
+            "name": target,
+            "metadata": obj.metadata.metadata_str(),
+            "pathspec": f"{obj.flow.name}/{run_id_for(flow_run_id)}",
+            "flow_run_id": flow_run_id,
+        }
+        _write_json(deployer_attribute_file, attributes)
 
     _report(trigger)
 
 
-def _write_deployer_attributes(obj: Any, payload: dict[str, Any]) -> None:
-    """What Metaflow's Deployer reads back (`--deployer-attribute-file`), when it asked."""
-    target = getattr(obj, "deployer_attribute_file", None)
-    if target:
-        import json
+def run_id_for(flow_run_id: str) -> str:
+    """The Metaflow run id a deployment's flow run gets: known as soon as the flow run exists."""
+    return "prefect-" + flow_run_id.replace("-", "")
 
+
+def _in_memory_path() -> str:
+    return str(Path.cwd() / "in-memory-manifest.yaml")
+
+
+def _write_json(target: str | None, payload: dict[str, Any]) -> None:
+    if target:
         with open(target, "w", encoding="utf-8") as handle:
             json.dump(payload, handle)
 

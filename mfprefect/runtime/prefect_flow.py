@@ -185,7 +185,8 @@ async def execute(manifest: Manifest, parameters: Mapping[str, Any], options: Ru
         parameters = {**_parameters_from_artifacts(manifest, stored), **parameters}
     values = commands.parameter_values(manifest, parameters)
     secrets = await resolve_secrets(manifest)
-    run_id = options.run_id or engine.new_run_id()
+    # A deployment's run is named after its flow run, so a trigger knows the pathspec at once.
+    run_id = options.run_id or "prefect-" + str(flow_run_info.id).replace("-", "")
     ctx = commands.RunContext(
         manifest=manifest,
         python=engine.python_executable(),
