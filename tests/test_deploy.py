@@ -366,3 +366,102 @@ def test_upstream_completion_runs_the_downstream(stack: dict[str, str], tmp_path
         time.sleep(0.5)
     assert _wait_for_run_of(stack, "TriggerOnFinishFlow")["state"]["type"] == "COMPLETED"
     assert mfprefect("delete", *map(str, manifests), env=stack).returncode == 0
+
+
+DEPLOYER_SCRIPT = """
+import json, sys, time
+from metaflow import Deployer, DeployedFlow
+
+def wait(triggered, limit=120):
+    deadline = time.time() + limit
+    while time.time() < deadline and triggered.status not in ("SUCCEEDED", "FAILED", "TIMED_OUT", "ABORTED"):
+        time.sleep(0.5)
+    return triggered.status
+
+case = sys.argv[1]
+out = {}
+if case == "basic":
+    deployed = Deployer("parameters_flow.py").prefect().create(work_pool=sys.argv[2], tags=["via-api"])
+    out["name"] = deployed.name
+    run = deployed.trigger(dataset="api", count=11)
+    out["pathspec_at_trigger"] = run.pathspec
+    out["status"] = wait(run)
+    out["count"] = run.run["start"].task.data.count_value
+    again = DeployedFlow.from_deployment(deployed.name, impl="prefect")
+    second = again.trigger(dataset="recovered")
+    out["recovered_status"] = wait(second)
+    out["recovered_dataset"] = second.run["start"].task.data.dataset_value
+elif case == "project":
+    deployed = Deployer("project_flow.py", branch="feature").prefect().create(work_pool=sys.argv[2])
+    out["name"] = deployed.name
+    recovered = DeployedFlow.from_deployment("demo_project.test.feature.ProjectFlow", impl="prefect")
+    run = recovered.trigger()
+    out["status"] = wait(run)
+    out["branch"] = run.run["start"].task.data.branch_name
+elif case == "failing":
+    deployed = Deployer("fail_flow.py").prefect().create(work_pool=sys.argv[2])
+    run = deployed.trigger()
+    started = time.time()
+    out["status"] = wait(run)
+    out["seconds"] = time.time() - started
+elif case == "options":
+    override = {"source": {"table": "from-deployer", "limit": 2}}
+    deployed = Deployer("config_flow.py", config_value=[("data", override)], decospecs=["retry:times=1"]).prefect().create(
+        work_pool=sys.argv[2], name="configured")
+    run = deployed.trigger()
+    out["status"] = wait(run)
+    out["table"] = run.run["end"].task.data.table
+print("RESULT " + json.dumps(out))
+"""
+
+
+def _deployer(stack: dict[str, str], tmp_path: Path, case: str, *flows: Path) -> dict:
+    for flow in flows:
+        shutil.copy(flow, tmp_path / flow.name)
+    script = tmp_path / "drive.py"
+    script.write_text(DEPLOYER_SCRIPT)
+    result = run([sys.executable, str(script), case, POOL], env=stack, cwd=tmp_path, timeout=400)
+    assert result.returncode == 0, (result.stdout[-2000:], result.stderr[-3000:])
+    line = next(text for text in result.stdout.splitlines() if text.startswith("RESULT "))
+    return json.loads(line[len("RESULT ") :])
+
+
+def test_deployer_create_trigger_status_and_recover(stack: dict[str, str], tmp_path: Path) -> None:
+    out = _deployer(stack, tmp_path, "basic", EXAMPLES / "parameters_flow.py")
+    assert out["name"] == "ParametersFlow/ParametersFlow"  # name defaults to the pipeline name
+    assert out["status"] == "SUCCEEDED" and out["count"] == 11
+    assert out["pathspec_at_trigger"].startswith("ParametersFlow/prefect-")
+    assert out["recovered_status"] == "SUCCEEDED" and out["recovered_dataset"] == "recovered"
+    assert "via-api" in _deployment(stack, "ParametersFlow/ParametersFlow")["tags"]
+    _request(
+        stack, "DELETE", f"/deployments/{_deployment(stack, 'ParametersFlow/ParametersFlow')['id']}"
+    )
+
+
+def test_deployer_project_branch_and_dotted_name(stack: dict[str, str], tmp_path: Path) -> None:
+    out = _deployer(stack, tmp_path, "project", EXAMPLES / "project_flow.py")
+    assert (
+        out["name"] == "demo_project.test.feature.ProjectFlow/demo_project.test.feature.ProjectFlow"
+    )
+    assert out["status"] == "SUCCEEDED" and out["branch"] == "test.feature"
+    _request(stack, "DELETE", f"/deployments/{_deployment(stack, out['name'])['id']}")
+
+
+def test_deployer_reports_a_failed_run_promptly(stack: dict[str, str], tmp_path: Path) -> None:
+    out = _deployer(stack, tmp_path, "failing", HERE / "flows" / "fail_flow.py")
+    assert out["status"] == "FAILED" and out["seconds"] < 60
+    _request(stack, "DELETE", f"/deployments/{_deployment(stack, 'FailFlow/FailFlow')['id']}")
+
+
+def test_deployer_options_reach_every_step(stack: dict[str, str], tmp_path: Path) -> None:
+    out = _deployer(stack, tmp_path, "options", EXAMPLES / "config_flow.py")
+    assert out["status"] == "SUCCEEDED" and out["table"] == "from-deployer"
+    deployment = _deployment(stack, "ConfigFlow/configured")
+    from mfprefect.deploy.desired import decode_manifest
+
+    carried = decode_manifest(deployment["job_variables"]["env"]["MFPREFECT_MANIFEST"])
+    assert all(
+        step["with"] == ["retry:times=1,minutes_between_retries=2"]
+        for step in carried["steps"].values()
+    )
+    _request(stack, "DELETE", f"/deployments/{deployment['id']}")
