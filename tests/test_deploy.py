@@ -465,3 +465,29 @@ def test_deployer_options_reach_every_step(stack: dict[str, str], tmp_path: Path
         for step in carried["steps"].values()
     )
     _request(stack, "DELETE", f"/deployments/{deployment['id']}")
+
+
+def test_dry_run_writes_nothing_and_limits_are_idempotent(
+    stack: dict[str, str], tmp_path: Path
+) -> None:
+    (manifest,) = _workspace(tmp_path, stack, "foreach_in_split_flow")
+    text = manifest.read_text().replace("  concurrency_limit: null\n", "  concurrency_limit: 2\n")
+    manifest.write_text(text.replace("  tags: []\n", "  tags: [nightly]\n"))
+    dry = mfprefect("apply", str(manifest), "--dry-run", env=stack)
+    assert (
+        dry.returncode == 1
+        and "+ create deployment ForeachInSplitFlow/ForeachInSplitFlow" in dry.stdout
+    )
+    with pytest.raises(urllib.error.HTTPError):
+        _deployment(stack, "ForeachInSplitFlow/ForeachInSplitFlow")
+    assert mfprefect("apply", str(manifest), env=stack).returncode == 0
+    created = _deployment(stack, "ForeachInSplitFlow/ForeachInSplitFlow")
+    assert created["global_concurrency_limit"]["limit"] == 2
+    assert set(created["tags"]) == {"nightly", "mfprefect", "mfprefect-project:-"}
+    assert created["parameter_openapi_schema"]["type"] == "object"
+    again = mfprefect("apply", str(manifest), env=stack)
+    assert again.returncode == 0 and "No changes" in again.stdout
+    assert (
+        _deployment(stack, "ForeachInSplitFlow/ForeachInSplitFlow")["updated"] == created["updated"]
+    )
+    assert mfprefect("delete", str(manifest), env=stack).returncode == 0

@@ -269,8 +269,18 @@ def test_resume_reuses_what_succeeded(server: dict[str, str], tmp_path: Path) ->
         cwd=tmp_path,
     )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    # Only the failed task and what follows it ran user code; the rest was cloned.
-    assert sorted(log.read_text().split()) == ["body1", "end", "join"]
+    # Only what did not succeed before (the failed task, siblings stopped when it failed) and
+    # what follows ran user code; every task that succeeded was cloned.
+    origin_bodies = _dump(f"ResumeFlow/{origin}", env)["steps"]["body"]
+    succeeded = {
+        f"body{int(t['data']['square']) ** 0.5:.0f}"
+        for t in origin_bodies
+        if t["ok"] and "square" in t["data"]
+    }
+    assert "body1" not in succeeded and succeeded  # the failure, and at least one success to clone
+    assert sorted(log.read_text().split()) == sorted(
+        {"body0", "body1", "body2"} - succeeded | {"join", "end"}
+    )
     dumped = _dump(_pathspec(resumed.stderr), env)
     assert dumped["successful"]
     assert [t["data"]["squares"] for t in dumped["steps"]["join"]] == ["[0, 1, 4]"]

@@ -1,4 +1,5 @@
 import os
+import time
 
 from metaflow import FlowSpec, step
 
@@ -23,6 +24,7 @@ class ResumeFlow(FlowSpec):
         """Fail for item 1 when asked to."""
         _record(f"body{self.input}")
         if self.input == 1 and os.environ.get("RESUME_FAIL"):
+            time.sleep(3)  # let the other items finish first, so there is something to clone
             raise RuntimeError("item 1 fails this time")
         self.square = self.input * self.input
         self.next(self.join)

@@ -1,0 +1,431 @@
+"""Benchmarks: mfprefect against Metaflow's own commands, alternating sides, medians and ratios.
+
+    python benchmarks/run.py [--repeat 5] [--only linear,foreach20,...] [--readme]
+
+Writes benchmarks/RESULTS.md (and, with --readme, the table between the markers in README.md).
+Each workload runs in fresh temporary folders; peak memory is the RSS of the whole process tree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+FLOWS = Path(__file__).resolve().parent / "flows"
+sys.path.insert(0, str(ROOT))
+
+
+@dataclass
+class Sample:
+    seconds: float
+    peak_rss_mb: float
+
+
+@dataclass
+class Row:
+    workload: str
+    ours: str
+    theirs: str
+    ours_samples: list[Sample] = field(default_factory=list)
+    theirs_samples: list[Sample] = field(default_factory=list)
+    note: str = ""
+
+    def median(self, side: str) -> float:
+        samples = self.ours_samples if side == "ours" else self.theirs_samples
+        return statistics.median(s.seconds for s in samples) if samples else float("nan")
+
+    def peak(self, side: str) -> float:
+        samples = self.ours_samples if side == "ours" else self.theirs_samples
+        return statistics.median(s.peak_rss_mb for s in samples) if samples else float("nan")
+
+
+def _tree_rss_mb(root: int) -> float:
+    """Resident memory of `root` and all its descendants, from /proc."""
+    children: dict[int, list[int]] = {}
+    rss: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+            ppid = int(fields[1])
+            pages = int(fields[21])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+        rss[int(entry)] = pages
+    total, stack = 0, [root]
+    while stack:
+        pid = stack.pop()
+        total += rss.get(pid, 0)
+        stack += children.get(pid, [])
+    return total * os.sysconf("SC_PAGE_SIZE") / (1024 * 1024)
+
+
+def measure(command: list[str], env: dict[str, str], cwd: Path) -> Sample:
+    """Wall time and peak process-tree RSS of one command; it must succeed."""
+    started = time.perf_counter()
+    proc = subprocess.Popen(
+        command, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    peak = 0.0
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, _tree_rss_mb(proc.pid))
+            done.wait(0.05)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    output, _ = proc.communicate()
+    elapsed = time.perf_counter() - started
+    done.set()
+    sampler.join()
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed ({proc.returncode}):\n{output[-3000:]}")
+    return Sample(elapsed, peak)
+
+
+def base_env(work: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.setdefault("USER", "bench")
+    env["METAFLOW_DATASTORE_SYSROOT_LOCAL"] = str(work / "ds")
+    env["METAFLOW_HOME"] = str(work / "mfhome")
+    env["MFPREFECT_HOME"] = str(work / "mfprefect-home")
+    env.pop("PREFECT_API_URL", None)
+    return env
+
+
+def alternate(
+    row: Row, repeat: int, ours: Callable[[], Sample], theirs: Callable[[], Sample]
+) -> Row:
+    for _ in range(repeat):
+        row.ours_samples.append(ours())
+        row.theirs_samples.append(theirs())
+    return row
+
+
+def python_flow(name: str) -> list[str]:
+    return [sys.executable, str(FLOWS / name), "--no-pylint", "--quiet"]
+
+
+def bench_local_runs(repeat: int, work: Path, only: set[str]) -> list[Row]:
+    rows = []
+    env = base_env(work)
+    if "first" in only:
+        first = measure(python_flow("linear3.py") + ["prefect", "run"], env, work)
+        rows.append(
+            Row(
+                "very first `prefect run` (starts the local server)",
+                "prefect run",
+                "-",
+                [first],
+                [],
+                "target: at most 15 s",
+            )
+        )
+    else:
+        measure(
+            python_flow("linear3.py") + ["prefect", "run"], env, work
+        )  # the server is up from here on
+    cases = [
+        (
+            "linear",
+            "linear3.py",
+            [],
+            "3-step linear flow, after the first run",
+            "target: at most 1.5x",
+        ),
+        (
+            "foreach20",
+            "foreach_n.py",
+            ["--n", "20"],
+            "foreach over 20 items (16 workers both sides)",
+            "",
+        ),
+        (
+            "foreach100",
+            "foreach_n.py",
+            ["--n", "100"],
+            "foreach over 100 items (16 workers both sides)",
+            "target: at most 1.0x, memory no higher",
+        ),
+        (
+            "split",
+            "split4.py",
+            [],
+            "static split of 4 branches sleeping 2 s",
+            "target: split part under 4 s",
+        ),
+    ]
+    for key, flow, args, label, note in cases:
+        if key not in only:
+            continue
+        row = Row(
+            label, f"python {flow} prefect run", f"python {flow} run --max-workers 16", note=note
+        )
+        alternate(
+            row,
+            repeat,
+            lambda flow=flow, args=args: measure(
+                python_flow(flow) + ["prefect", "run", *args], env, work
+            ),
+            lambda flow=flow, args=args: measure(
+                python_flow(flow) + ["run", "--max-workers", "16", *args], env, work
+            ),
+        )
+        if key == "split":
+            row.note += f"; split part: {split_part(env, work):.2f} s (ours, last run)"
+        rows.append(row)
+    subprocess.run(
+        [sys.executable, "-m", "mfprefect.runtime.local_server", "stop"],
+        env=env,
+        capture_output=True,
+    )
+    return rows
+
+
+def split_part(env: dict[str, str], work: Path) -> float:
+    """Seconds from the first branch's start to the last branch's end, in the latest run of ours."""
+    probe = (
+        "from metaflow import Flow, namespace; namespace(None)\n"
+        "run = next(r for r in Flow('SplitFourFlow') if r.id.startswith('prefect-'))\n"
+        "tasks = [t for s in ('a', 'b', 'c', 'd') for t in run[s]]\n"
+        "print((max(t.finished_at for t in tasks) - min(t.created_at for t in tasks)).total_seconds())\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], env=env, cwd=work, capture_output=True, text=True, check=True
+    )
+    return float(out.stdout.strip())
+
+
+def bench_export(repeat: int, work: Path) -> Row:
+    env = base_env(work)
+    row = Row(
+        "export of a 30-step flow",
+        "python steps30.py prefect export -",
+        "python steps30.py show",
+        note="target: at most 1.3x",
+    )
+    return alternate(
+        row,
+        repeat,
+        lambda: measure(python_flow("steps30.py") + ["prefect", "export", "-"], env, work),
+        lambda: measure(python_flow("steps30.py") + ["show"], env, work),
+    )
+
+
+def chain_manifest(steps: int) -> dict:
+    from ruamel.yaml import YAML
+
+    data = YAML(typ="safe").load((ROOT / "examples" / "linear_flow.yaml").read_text())
+    names = ["start"] + [f"step_{i}" for i in range(1, steps - 1)] + ["end"]
+    data["steps"] = {
+        name: (
+            {"kind": "linear", "next": [names[i + 1]]} if i + 1 < len(names) else {"kind": "end"}
+        )
+        for i, name in enumerate(names)
+    }
+    return data
+
+
+def bench_validate(repeat: int, work: Path) -> Row:
+    env = base_env(work)
+    small, large = work / "v10.yaml", work / "v1000.yaml"
+    small.write_text(json.dumps(chain_manifest(10)))
+    large.write_text(json.dumps(chain_manifest(1000)))
+    command = [sys.executable, "-m", "mfprefect.cli", "validate"]
+    for path in (small, large):
+        result = subprocess.run(command + [str(path)], env=env, capture_output=True, text=True)
+        if "error[" in result.stdout:
+            raise RuntimeError(result.stdout[-2000:])
+    row = Row(
+        "validate: 1,000-step vs 10-step manifest",
+        "mfprefect validate (1,000 steps)",
+        "mfprefect validate (10 steps)",
+        note="target: at most 2x",
+    )
+    return alternate(
+        row,
+        repeat,
+        lambda: _measure_any(command + [str(large)], env, work),
+        lambda: _measure_any(command + [str(small)], env, work),
+    )
+
+
+def _measure_any(command: list[str], env: dict[str, str], cwd: Path) -> Sample:
+    """Like measure, for commands whose exit code reports findings (validate, plan)."""
+    started = time.perf_counter()
+    subprocess.run(command, env=env, cwd=cwd, capture_output=True)
+    return Sample(time.perf_counter() - started, 0.0)
+
+
+def bench_gitops(repeat: int, work: Path) -> list[Row]:
+    from mfprefect.runtime import local_server
+
+    env = base_env(work)
+    os.environ["MFPREFECT_HOME"] = env["MFPREFECT_HOME"]
+    env["PREFECT_API_URL"] = local_server.ensure_server()
+    subprocess.run(
+        [sys.executable, "-m", "prefect", "work-pool", "create", "bench", "--type", "process"],
+        env=env,
+        capture_output=True,
+        check=True,
+    )
+    shutil.copy(ROOT / "examples" / "linear_flow.py", work / "linear_flow.py")
+    base = (
+        (ROOT / "examples" / "linear_flow.yaml")
+        .read_text()
+        .replace("  work_pool: null", "  work_pool: bench")
+    )
+    rows = []
+    apply_one, apply_fifty = [], []
+    for round_number in range(repeat):
+        one, fifty = work / f"one{round_number}", work / f"fifty{round_number}"
+        for folder, count in ((one, 1), (fifty, 50)):
+            folder.mkdir()
+            for i in range(count):
+                (folder / f"m{i}.yaml").write_text(
+                    base.replace("file: linear_flow.py", "file: ../linear_flow.py").replace(
+                        "  name: null", f"  name: r{round_number}-{folder.name}-{i}"
+                    )
+                )
+        apply_one.append(
+            measure([sys.executable, "-m", "mfprefect.cli", "apply", str(one)], env, work)
+        )
+        apply_fifty.append(
+            measure([sys.executable, "-m", "mfprefect.cli", "apply", str(fifty)], env, work)
+        )
+    rows.append(
+        Row(
+            "apply: 50 new manifests vs 1",
+            "mfprefect apply (50)",
+            "mfprefect apply (1)",
+            apply_fifty,
+            apply_one,
+            "target: at most 10x",
+        )
+    )
+    plan_row = Row(
+        "plan with nothing to change: 50 manifests vs 1",
+        "mfprefect plan (50)",
+        "mfprefect plan (1)",
+        note="target: at most 3x",
+    )
+    alternate(
+        plan_row,
+        repeat,
+        lambda: _measure_any(
+            [sys.executable, "-m", "mfprefect.cli", "plan", str(work / "fifty0")], env, work
+        ),
+        lambda: _measure_any(
+            [sys.executable, "-m", "mfprefect.cli", "plan", str(work / "one0")], env, work
+        ),
+    )
+    rows.append(plan_row)
+    local_server.stop_server()
+    return rows
+
+
+def machine() -> str:
+    model = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import metaflow
+    import prefect
+
+    return (
+        f"{os.cpu_count()} cores ({model}), {platform.system()} {platform.machine()}, Python {platform.python_version()}, "
+        f"metaflow {metaflow.__version__}, prefect {prefect.__version__}"
+    )
+
+
+def table(rows: list[Row], repeat: int) -> str:
+    lines = [
+        f"Machine: {machine()}. Medians of {repeat} alternating runs; ratio = ours / theirs.",
+        "",
+        "| workload | ours (median s) | theirs (median s) | ratio | peak RSS ours / theirs (MB) | note |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in rows:
+        theirs = row.median("theirs")
+        ratio = row.median("ours") / theirs if row.theirs_samples else float("nan")
+        memory = (
+            f"{row.peak('ours'):.0f} / {row.peak('theirs'):.0f}"
+            if row.ours_samples and row.ours_samples[0].peak_rss_mb
+            else "-"
+        )
+        theirs_text = f"{theirs:.2f}" if row.theirs_samples else "-"
+        ratio_text = f"{ratio:.2f}x" if row.theirs_samples else "-"
+        lines.append(
+            f"| {row.workload}: `{row.ours}` vs `{row.theirs}` | {row.median('ours'):.2f} | {theirs_text} | {ratio_text} | {memory} | {row.note} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument(
+        "--only", default="first,linear,foreach20,foreach100,split,export,validate,gitops"
+    )
+    parser.add_argument("--readme", action="store_true", help="Also put the table into README.md.")
+    args = parser.parse_args()
+    only = set(args.only.split(","))
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory(prefix="mfprefect-bench-") as tmp:
+        work = Path(tmp)
+        rows += (
+            bench_local_runs(args.repeat, work / "runs", only)
+            if only & {"first", "linear", "foreach20", "foreach100", "split"}
+            else []
+        )
+        if "export" in only:
+            rows.append(bench_export(args.repeat, _fresh(work / "export")))
+        if "validate" in only:
+            rows.append(bench_validate(args.repeat, _fresh(work / "validate")))
+        if "gitops" in only:
+            rows += bench_gitops(args.repeat, _fresh(work / "gitops"))
+    text = table(rows, args.repeat)
+    (Path(__file__).resolve().parent / "RESULTS.md").write_text("# Benchmark results\n\n" + text)
+    print(text)
+    if args.readme:
+        readme = ROOT / "README.md"
+        content = readme.read_text()
+        start, end = "<!-- benchmarks:start -->", "<!-- benchmarks:end -->"
+        if start in content and end in content:
+            head, rest = content.split(start, 1)
+            readme.write_text(head + start + "\n" + text + end + rest.split(end, 1)[1])
+    return 0
+
+
+def _fresh(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+if __name__ == "__main__":
+    sys.exit(main())
