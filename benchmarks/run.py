@@ -371,10 +371,9 @@ def table(rows: list[Row], repeat: int) -> str:
     for row in rows:
         theirs = row.median("theirs")
         ratio = row.median("ours") / theirs if row.theirs_samples else float("nan")
+        theirs_peak = f"{row.peak('theirs'):.0f}" if row.theirs_samples else "-"
         memory = (
-            f"{row.peak('ours'):.0f} / {row.peak('theirs'):.0f}"
-            if row.ours_samples and row.ours_samples[0].peak_rss_mb
-            else "-"
+            f"{row.peak('ours'):.0f} / {theirs_peak}" if row.ours_samples[0].peak_rss_mb else "-"
         )
         theirs_text = f"{theirs:.2f}" if row.theirs_samples else "-"
         ratio_text = f"{ratio:.2f}x" if row.theirs_samples else "-"
@@ -398,11 +397,8 @@ def main() -> int:
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="mfprefect-bench-") as tmp:
         work = Path(tmp)
-        rows += (
-            bench_local_runs(args.repeat, work / "runs", only)
-            if only & {"first", "linear", "foreach20", "foreach100", "split"}
-            else []
-        )
+        if only & {"first", "linear", "foreach20", "foreach100", "split"}:
+            rows += bench_local_runs(args.repeat, _fresh(work / "runs"), only)
         if "export" in only:
             rows.append(bench_export(args.repeat, _fresh(work / "export")))
         if "validate" in only:

@@ -71,6 +71,11 @@ def _eventually(
         time.sleep(0.25)
 
 
+def _flow_run_id(dumped: dict) -> str:
+    """The Prefect flow run a Metaflow run points back at (its `prefect_flow_run:` tag)."""
+    return next(t.split(":", 1)[1] for t in dumped["tags"] if t.startswith("prefect_flow_run:"))
+
+
 def _api(env: dict[str, str], path: str, body: dict) -> list[dict]:
     request = urllib.request.Request(
         env["_API_URL"] + path,
@@ -109,9 +114,7 @@ def test_example_matches_metaflow_run(flow: Path, server: dict[str, str], tmp_pa
         assert [t["data"] for t in mine["steps"][step]] == [t["data"] for t in tasks], step
     assert any(tag.startswith("prefect_flow_run:") for tag in mine["tags"])
     # Prefect recorded one completed task run per Metaflow task (plus _parameters), under the flow run.
-    flow_run_id = next(
-        t.split(":", 1)[1] for t in mine["tags"] if t.startswith("prefect_flow_run:")
-    )
+    flow_run_id = _flow_run_id(mine)
     metaflow_tasks = sum(len(tasks) for tasks in mine["steps"].values()) + 1
     task_runs = _eventually(
         lambda: _api(
@@ -356,11 +359,7 @@ def test_each_step_gets_a_prefect_artifact(server: dict[str, str], tmp_path: Pat
     result = mfprefect("run", str(EXAMPLES / "linear_flow.yaml"), env=env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     pathspec = _pathspec(result.stderr)
-    flow_run_id = next(
-        t.split(":", 1)[1]
-        for t in _dump(pathspec, env)["tags"]
-        if t.startswith("prefect_flow_run:")
-    )
+    flow_run_id = _flow_run_id(_dump(pathspec, env))
     artifacts = _eventually(
         lambda: _api(
             server, "/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [flow_run_id]}}}
@@ -492,9 +491,7 @@ def test_manifest_edits_change_what_runs(server: dict[str, str], tmp_path: Path)
     assert result.returncode == 0, result.stderr[-3000:]
     dumped = _dump(_pathspec(result.stderr), env)
     assert [t["data"]["attempts_seen"] for t in dumped["steps"]["flaky"]] == ["1"]
-    flow_run_id = next(
-        t.split(":", 1)[1] for t in dumped["tags"] if t.startswith("prefect_flow_run:")
-    )
+    flow_run_id = _flow_run_id(dumped)
     flaky = _eventually(
         lambda: _api(
             server,
@@ -535,9 +532,7 @@ def test_resources_become_tags_and_cards_are_made(server: dict[str, str], tmp_pa
     result = mfprefect("run", str(EXAMPLES / "resources_flow.yaml"), env=env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     dumped = _dump(_pathspec(result.stderr), env)
-    flow_run_id = next(
-        t.split(":", 1)[1] for t in dumped["tags"] if t.startswith("prefect_flow_run:")
-    )
+    flow_run_id = _flow_run_id(dumped)
     runs = {
         tr["name"]: sorted(tr["tags"])
         for tr in _eventually(
@@ -583,9 +578,7 @@ def test_step_output_reaches_the_prefect_log(server: dict[str, str], tmp_path: P
     result = flow_cli(FLOWS / "print_env_flow.py", "prefect", "run", env=env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     dumped = _dump(_pathspec(result.stderr), env)
-    flow_run_id = next(
-        t.split(":", 1)[1] for t in dumped["tags"] if t.startswith("prefect_flow_run:")
-    )
+    flow_run_id = _flow_run_id(dumped)
     logs = _eventually(
         lambda: _api(
             server, "/logs/filter", {"logs": {"flow_run_id": {"any_": [flow_run_id]}}, "limit": 200}
@@ -664,11 +657,7 @@ def test_secret_block_reference_is_resolved_and_never_printed(
     start = _dump(pathspec, env)["steps"]["start"][0]
     assert start["data"]["token_length"] == str(len(secret))
     assert "token is ***" in start["stdout"] and secret not in start["stdout"]
-    flow_run_id = next(
-        t.split(":", 1)[1]
-        for t in _dump(pathspec, env)["tags"]
-        if t.startswith("prefect_flow_run:")
-    )
+    flow_run_id = _flow_run_id(_dump(pathspec, env))
     logs = _eventually(
         lambda: _api(
             server, "/logs/filter", {"logs": {"flow_run_id": {"any_": [flow_run_id]}}, "limit": 200}
