@@ -109,7 +109,9 @@ def parse(blob: bytes, file: str) -> Document:
     ):
         raise YamlProblem(Diagnostic(file, 1, 1, ERROR, "file.empty", "", "file is empty"))
     try:
-        root = YAML(typ="rt").compose(text)
+        # The "safe" composer uses the C parser (ruamel.yaml.clib) when present: ten times faster
+        # than the round-trip one, with the same node marks.
+        root = YAML(typ="safe").compose(text)
     except ReaderError as exc:
         line, col = _position(text, int(exc.position))
         message = f"character U+{int(exc.character):04X} is not allowed in YAML"
