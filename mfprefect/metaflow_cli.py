@@ -104,15 +104,13 @@ def resume_command(obj: Any, clone_run_id: str, run_tags: tuple[str, ...]) -> No
 
 
 def _report_run(start: Any) -> None:
-    """Run, then print the outcome as one line (errors with their hint) and exit accordingly."""
-    try:
+    """Run, then say it completed; errors are one line with their hint and exit code."""
+
+    def run_and_say() -> None:
         summary = start()
-    except MfprefectError as exc:
-        click.secho(f"mfprefect: {exc.message}", fg="red", err=True)
-        if exc.hint:
-            click.echo(exc.hint, err=True)
-        sys.exit(exc.exit_code)
-    click.echo(f"mfprefect: run {summary.pathspec} completed", err=True)
+        click.echo(f"mfprefect: run {summary.pathspec} completed", err=True)
+
+    _report(run_and_say)
 
 
 @prefect.command(

@@ -35,17 +35,12 @@ def run(
     echo: Echo = lambda _: None,
 ) -> Plan:
     """Plan against the server and, unless dry_run, apply; raise RuntimeFailure on any error."""
-    try:
-        return asyncio.run(_run(desired, prune=prune, adopt=adopt, dry_run=dry_run, echo=echo))
-    except RuntimeFailure:
-        raise
-    except Exception as exc:  # noqa: BLE001 - connection and HTTP errors become one line
-        if _is_connection_error(exc):
-            raise _unreachable(exc) from None
-        raise RuntimeFailure(
-            f"apply failed: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}",
-            hint="run `mfprefect apply` again: it completes what is missing",
-        ) from None
+    result: Plan = _guarded(
+        lambda: _run(desired, prune=prune, adopt=adopt, dry_run=dry_run, echo=echo),
+        what="apply failed",
+        hint="run `mfprefect apply` again: it completes what is missing",
+    )
+    return result
 
 
 def _is_connection_error(exc: BaseException) -> bool:
@@ -329,7 +324,8 @@ def delete(desired: Sequence[DeploymentSpec], echo: Echo = lambda _: None) -> li
     return _guarded(_delete)
 
 
-def _guarded(make: Callable[[], Any]) -> Any:
+def _guarded(make: Callable[[], Any], what: str = "request failed", hint: str | None = None) -> Any:
+    """Run a coroutine; connection and HTTP errors become one RuntimeFailure line."""
     try:
         return asyncio.run(make())
     except RuntimeFailure:
@@ -337,7 +333,8 @@ def _guarded(make: Callable[[], Any]) -> Any:
     except Exception as exc:  # noqa: BLE001
         if _is_connection_error(exc):
             raise _unreachable(exc) from None
-        raise RuntimeFailure(f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}") from None
+        detail = " ".join(str(exc).split())[:300]
+        raise RuntimeFailure(f"{what}: {type(exc).__name__}: {detail}", hint=hint) from None
 
 
 def trigger_with_strings(deployment: str, pairs: Sequence[tuple[str, str]]) -> str:

@@ -13,7 +13,6 @@ import os
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
@@ -232,7 +231,3 @@ def automations_for(manifest: Manifest, key: str) -> tuple[AutomationSpec, ...]:
             }
             out.append(AutomationSpec(name, spec, None))
     return tuple(out)
-
-
-def flow_dir_of(manifest_path: str) -> Path:
-    return Path(manifest_path).resolve().parent
