@@ -490,4 +490,14 @@ def test_dry_run_writes_nothing_and_limits_are_idempotent(
     assert (
         _deployment(stack, "ForeachInSplitFlow/ForeachInSplitFlow")["updated"] == created["updated"]
     )
+    # Taking the limit away again clears it on the server.
+    manifest.write_text(
+        manifest.read_text().replace("  concurrency_limit: 2\n", "  concurrency_limit: null\n")
+    )
+    assert mfprefect("apply", str(manifest), env=stack).returncode == 0
+    assert (
+        _deployment(stack, "ForeachInSplitFlow/ForeachInSplitFlow")["global_concurrency_limit"]
+        is None
+    )
+    assert mfprefect("plan", str(manifest), env=stack).returncode == 0
     assert mfprefect("delete", str(manifest), env=stack).returncode == 0
