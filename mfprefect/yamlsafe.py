@@ -109,9 +109,7 @@ def parse(blob: bytes, file: str) -> Document:
     ):
         raise YamlProblem(Diagnostic(file, 1, 1, ERROR, "file.empty", "", "file is empty"))
     try:
-        # The "safe" composer uses the C parser (ruamel.yaml.clib) when present: ten times faster
-        # than the round-trip one, with the same node marks.
-        root = YAML(typ="safe").compose(text)
+        root = _compose(text)
     except ReaderError as exc:
         line, col = _position(text, int(exc.position))
         message = f"character U+{int(exc.character):04X} is not allowed in YAML"
@@ -166,6 +164,19 @@ LoadError = (YamlProblem, _Problems)
 
 
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
+
+
+def _compose(text: str) -> Node | None:
+    """Compose with the C parser (ruamel.yaml.clib) when present, about ten times faster; it
+    follows YAML 1.1 (libyaml), so what it refuses is tried again by the pure YAML 1.2 parser,
+    whose verdict and error positions are the ones reported."""
+    try:
+        fast: Node | None = YAML(typ="safe").compose(text)
+        return fast
+    except (YAMLError, RecursionError):
+        pass
+    exact: Node | None = YAML(typ="safe", pure=True).compose(text)
+    return exact
 
 
 def _position(text: str, offset: int) -> tuple[int, int]:

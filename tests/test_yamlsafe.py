@@ -418,3 +418,13 @@ def test_hostile_input_never_raises_a_traceback(blob: bytes) -> None:
             assert d.message and "\n" not in d.message
     else:
         assert all(line >= 1 and col >= 1 for line, col in doc.values.values())
+
+
+def test_yaml_1_2_plain_scalars_the_c_parser_refuses_still_parse() -> None:
+    """`[team:ml]` is valid YAML 1.2 (and what export writes); libyaml refuses it, so the reader
+    falls back to the pure parser instead of reporting an error."""
+    from mfprefect.yamlsafe import parse
+
+    doc = parse(b"tags: [team:ml, tier1]\nnext: [a]\n", "f.yaml")
+    assert doc.data == {"tags": ["team:ml", "tier1"], "next": ["a"]}
+    assert doc.values[("tags", 0)] == (1, 8)
