@@ -53,14 +53,7 @@ def prefect(obj: Any) -> None:
 )
 @click.pass_obj
 def export_command(obj: Any, manifest: str, check: bool, **given: Any) -> None:
-    try:
-        code = run_export(obj, manifest, check, **given)
-    except MfprefectError as exc:
-        click.secho(f"mfprefect: {exc.message}", fg="red", err=True)
-        if exc.hint:
-            click.echo(exc.hint, err=True)
-        sys.exit(exc.exit_code)
-    sys.exit(code)
+    _report(lambda: sys.exit(run_export(obj, manifest, check, **given)))
 
 
 @parameters.add_custom_parameters(deploy_mode=False)

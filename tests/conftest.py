@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -47,3 +50,37 @@ def mfprefect(
 ) -> subprocess.CompletedProcess[str]:
     """The installed `mfprefect` command, as a real process."""
     return run([sys.executable, "-m", "mfprefect.cli", *args], env=env, cwd=cwd)
+
+
+def start_local_server(env: dict[str, str]) -> str:
+    """Start (or reuse) mfprefect's local server for env's MFPREFECT_HOME; return its API URL."""
+    started = run(
+        [
+            sys.executable,
+            "-c",
+            "from mfprefect.runtime import local_server as s; print(s.ensure_server())",
+        ],
+        env=env,
+    )
+    assert started.returncode == 0, started.stderr
+    return started.stdout.strip().splitlines()[-1]
+
+
+def stop_local_server(env: dict[str, str]) -> None:
+    stopped = run(
+        [sys.executable, "-m", "mfprefect.runtime.local_server", "stop"], env=env, timeout=60
+    )
+    assert stopped.returncode == 0, stopped.stderr
+
+
+def prefect_api(url: str, method: str, path: str, body: dict | None = None) -> Any:
+    """One call to a Prefect server's REST API, answered as JSON (None for an empty answer)."""
+    request = urllib.request.Request(
+        url + path,
+        data=json.dumps(body).encode() if body is not None else None,
+        method=method,
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=15) as response:
+        raw = response.read()
+    return json.loads(raw) if raw else None

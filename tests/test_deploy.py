@@ -12,9 +12,19 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from conftest import EXAMPLES, flow_cli, flow_env, mfprefect, run
+from conftest import (
+    EXAMPLES,
+    flow_cli,
+    flow_env,
+    mfprefect,
+    prefect_api,
+    run,
+    start_local_server,
+    stop_local_server,
+)
 
 HERE = Path(__file__).resolve().parent
 POOL = "mfp-test-pool"
@@ -22,17 +32,8 @@ POOL = "mfp-test-pool"
 pytestmark = pytest.mark.slow
 
 
-def _request(env: dict[str, str], method: str, path: str, body: dict | None = None) -> object:
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(
-        env["PREFECT_API_URL"] + path,
-        data=data,
-        method=method,
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=15) as response:
-        raw = response.read()
-    return json.loads(raw) if raw else None
+def _request(env: dict[str, str], method: str, path: str, body: dict | None = None) -> Any:
+    return prefect_api(env["PREFECT_API_URL"], method, path, body)
 
 
 @pytest.fixture(scope="module")
@@ -42,17 +43,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     env = flow_env(home)
     env["MFPREFECT_HOME"] = str(home / "mfhome")
     env.pop("PREFECT_API_URL", None)
-    started = run(
-        [
-            sys.executable,
-            "-c",
-            "from mfprefect.runtime import local_server as s; print(s.ensure_server())",
-        ],
-        env=env,
-        timeout=120,
-    )
-    assert started.returncode == 0, started.stderr
-    env["PREFECT_API_URL"] = started.stdout.strip().splitlines()[-1]
+    env["PREFECT_API_URL"] = start_local_server(env)
     made = run(
         [sys.executable, "-m", "prefect", "work-pool", "create", POOL, "--type", "process"],
         env=env,
@@ -79,7 +70,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
                 worker.wait(timeout=8)
             except subprocess.TimeoutExpired:
                 continue
-        run([sys.executable, "-m", "mfprefect.runtime.local_server", "stop"], env=env, timeout=60)
+        stop_local_server(env)
 
 
 def _workspace(tmp_path: Path, env: dict[str, str], *flows: str, pool: str = POOL) -> list[Path]:

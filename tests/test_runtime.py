@@ -12,7 +12,16 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import EXAMPLES, flow_cli, flow_env, mfprefect, run
+from conftest import (
+    EXAMPLES,
+    flow_cli,
+    flow_env,
+    mfprefect,
+    prefect_api,
+    run,
+    start_local_server,
+    stop_local_server,
+)
 
 HERE = Path(__file__).resolve().parent
 FLOWS = HERE / "flows"
@@ -29,22 +38,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]
     env = flow_env(home)
     env["MFPREFECT_HOME"] = str(home)
     env.pop("PREFECT_API_URL", None)
-    probe = run(
-        [
-            sys.executable,
-            "-c",
-            "from mfprefect.runtime import local_server as s; print(s.ensure_server())",
-        ],
-        env=env,
-        timeout=120,
-    )
-    assert probe.returncode == 0, probe.stderr
-    env["_API_URL"] = probe.stdout.strip().splitlines()[-1]
+    env["_API_URL"] = start_local_server(env)
     yield env
-    stopped = run(
-        [sys.executable, "-m", "mfprefect.runtime.local_server", "stop"], env=env, timeout=60
-    )
-    assert stopped.returncode == 0, stopped.stderr
+    stop_local_server(env)
 
 
 def _pathspec(stderr: str) -> str:
@@ -77,13 +73,8 @@ def _flow_run_id(dumped: dict) -> str:
 
 
 def _api(env: dict[str, str], path: str, body: dict) -> list[dict]:
-    request = urllib.request.Request(
-        env["_API_URL"] + path,
-        data=json.dumps(body).encode(),
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return json.loads(response.read())
+    found: list[dict] = prefect_api(env["_API_URL"], "POST", path, body)
+    return found
 
 
 def _metaflow_run(flow: Path, env: dict[str, str], tmp_path: Path, *args: str) -> str:

@@ -6,7 +6,7 @@ import asyncio
 import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from prefect import flow, get_run_logger, tags, task
@@ -173,17 +173,17 @@ class RunOptions:
 
     run_id: str | None = None
     tags: tuple[str, ...] = ()
+    # Resume: the earlier run, its successful tasks and its parameter values (read once, before
+    # the flow run starts, so an unknown run is a usage error rather than a failed flow run).
     clone_run_id: str | None = None
+    clones: Mapping[tuple[str, tuple[int, ...], int], str] = field(default_factory=dict)
+    origin_parameters: Mapping[str, Any] = field(default_factory=dict)
 
 
 async def execute(manifest: Manifest, parameters: Mapping[str, Any], options: RunOptions) -> str:
     """Inside a flow run: run every step of the pipeline; return the Metaflow run's pathspec."""
     datastore = Datastore.for_manifest(manifest)
-    clones: dict[tuple[str, tuple[int, ...], int], str] = {}
-    if options.clone_run_id:
-        clones, stored = datastore.origin_tasks(options.clone_run_id)
-        parameters = {**_parameters_from_artifacts(manifest, stored), **parameters}
-    values = commands.parameter_values(manifest, parameters)
+    values = commands.parameter_values(manifest, {**options.origin_parameters, **parameters})
     secrets = await resolve_secrets(manifest)
     # A deployment's run is named after its flow run, so a trigger knows the pathspec at once.
     run_id = options.run_id or "prefect-" + str(flow_run_info.id).replace("-", "")
@@ -207,7 +207,7 @@ async def execute(manifest: Manifest, parameters: Mapping[str, Any], options: Ru
         values,
         PrefectSteps(manifest, datastore, secrets),
         datastore.read_artifact,
-        clone_from=clones,
+        clone_from=options.clones,
         origin_run_id=options.clone_run_id,
     )
     work = asyncio.ensure_future(runner.run())
@@ -303,17 +303,25 @@ def run_manifest(
     code runs) and the rest run, with the original run's parameter values.
     """
     # Usage errors (parameters, environment references, an unknown run) before any flow run exists.
+    clones: dict[tuple[str, tuple[int, ...], int], str] = {}
+    origin_parameters: dict[str, Any] = {}
     if clone_run_id:
-        Datastore.for_manifest(manifest).origin_tasks(clone_run_id)
-    else:
-        commands.parameter_values(manifest, parameters)
+        clones, stored = Datastore.for_manifest(manifest).origin_tasks(clone_run_id)
+        origin_parameters = _parameters_from_artifacts(manifest, stored)
+    commands.parameter_values(manifest, {**origin_parameters, **parameters})
     precheck = commands.RunContext(manifest, "", "", "", "", base_env=dict(os.environ))
     for step in [None, *manifest.steps]:
         commands.environment(precheck, step, lambda _block: "")
     run_id = run_id or engine.new_run_id()
     pathspec = f"{manifest.flow_class}/{run_id}"
     echo(f"Metaflow run {pathspec}")
-    options = RunOptions(run_id=run_id, tags=tuple(tags_), clone_run_id=clone_run_id)
+    options = RunOptions(
+        run_id=run_id,
+        tags=tuple(tags_),
+        clone_run_id=clone_run_id,
+        clones=clones,
+        origin_parameters=origin_parameters,
+    )
     prefect_flow = build_flow(manifest, options)
     with tags("mfprefect", f"metaflow_run:{pathspec}"):
         state = asyncio.run(prefect_flow(parameters=dict(parameters), return_state=True))
