@@ -6,6 +6,8 @@ import json
 import os
 import subprocess
 import sys
+import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -74,13 +76,24 @@ def stop_local_server(env: dict[str, str]) -> None:
 
 
 def prefect_api(url: str, method: str, path: str, body: dict | None = None) -> Any:
-    """One call to a Prefect server's REST API, answered as JSON (None for an empty answer)."""
-    request = urllib.request.Request(
-        url + path,
-        data=json.dumps(body).encode() if body is not None else None,
-        method=method,
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=15) as response:
-        raw = response.read()
-    return json.loads(raw) if raw else None
+    """One call to a Prefect server's REST API, answered as JSON (None for an empty answer).
+
+    SQLite under load makes the server answer 503 ("database is locked"); like Prefect's own
+    client, retry those a few times before giving up.
+    """
+    for attempt in range(6):
+        request = urllib.request.Request(
+            url + path,
+            data=json.dumps(body).encode() if body is not None else None,
+            method=method,
+            headers={"Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=15) as response:
+                raw = response.read()
+            return json.loads(raw) if raw else None
+        except urllib.error.HTTPError as exc:
+            if exc.code != 503 or attempt == 5:
+                raise
+            time.sleep(0.5 * (attempt + 1))
+    return None
