@@ -163,6 +163,8 @@ class Manifest:
     deployment: Deployment
     runtime: RuntimeSettings
     path: str | None = None
+    # The validated plain data this model was built from (what a runner process is sent).
+    data: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def start_step(self) -> str:
@@ -255,6 +257,7 @@ def from_data(data: dict[str, Any], path: str | None = None) -> Manifest:
             runtime["environment"],
         ),
         path=path,
+        data=data,
     )
 
 
@@ -670,7 +673,10 @@ def _graph_rules(doc: yamlsafe.Document, steps: dict[str, Any], hints: _Hints) -
                 )
                 out.append(doc.diagnostic(here + (key,), "graph.kind", why, key=True))
         nxt = _names(raw.get("next"))
-        if kind in ("linear", "join", "foreach") and "next" in raw and len(nxt) != 1:
+        # A `next` that is not a list is the schema's finding; counting it here would add a
+        # second, wrong one ("got 0").
+        listed = isinstance(raw.get("next"), list)
+        if kind in ("linear", "join", "foreach") and listed and len(nxt) != 1:
             out.append(
                 doc.diagnostic(
                     here + ("next",),
@@ -678,7 +684,7 @@ def _graph_rules(doc: yamlsafe.Document, steps: dict[str, Any], hints: _Hints) -
                     f"a `{kind}` step has exactly one `next`, got {len(nxt)}",
                 )
             )
-        if kind == "split" and "next" in raw and len(nxt) < 2:
+        if kind == "split" and listed and len(nxt) < 2:
             out.append(
                 doc.diagnostic(
                     here + ("next",),

@@ -15,7 +15,7 @@ import sys
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from ..errors import RuntimeFailure
 from ..manifest import Manifest, SecretRef, StepSpec
@@ -65,6 +65,14 @@ def matching_join(steps: Mapping[str, StepSpec], opener: str) -> str:
     raise RuntimeFailure(
         f"no join closes `{opener}`", hint="run `mfprefect validate` on the manifest"
     )
+
+
+@dataclass
+class RunSummary:
+    """What a finished (or failed) run left behind: the Metaflow run and the Prefect flow run."""
+
+    pathspec: str
+    flow_run_id: str | None
 
 
 @dataclass
@@ -190,6 +198,36 @@ class ProcessOutcome:
     timed_out: bool = False
 
 
+class StepProcess(Protocol):
+    """What run_process needs of a started step: asyncio's Process, or a forked one."""
+
+    @property
+    def pid(self) -> int: ...
+    @property
+    def returncode(self) -> int | None: ...
+    @property
+    def stdout(self) -> asyncio.StreamReader | None: ...
+    @property
+    def stderr(self) -> asyncio.StreamReader | None: ...
+
+    async def wait(self) -> int: ...
+
+
+Launcher = Callable[[list[str], Mapping[str, str]], Awaitable[StepProcess]]
+
+
+async def spawn_process(args: list[str], env: Mapping[str, str]) -> StepProcess:
+    """A fresh step process in its own session, with output on pipes."""
+    return await asyncio.create_subprocess_exec(
+        *args,
+        env=dict(env),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        start_new_session=True,
+    )
+
+
 def _mask(line: str, secrets: Sequence[str]) -> str:
     for secret in secrets:
         if secret:
@@ -204,20 +242,15 @@ async def run_process(
     *,
     timeout: float | None = None,
     secrets: Sequence[str] = (),
+    launch: Launcher | None = None,
 ) -> ProcessOutcome:
     """Run one step process in its own process group, streaming its lines as they come.
 
-    On timeout or cancellation the whole group is stopped (SIGTERM, then SIGKILL), so a step's
-    children die with it.
+    `launch` starts the process (a fresh one by default; the zygote forks one). On timeout or
+    cancellation the whole group is stopped (SIGTERM, then SIGKILL), so a step's children die
+    with it.
     """
-    proc = await asyncio.create_subprocess_exec(
-        *args,
-        env=dict(env),
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        start_new_session=True,
-    )
+    proc = await (launch or spawn_process)(args, env)
     out: list[str] = []
     err: list[str] = []
 
@@ -255,7 +288,7 @@ async def run_process(
     )
 
 
-async def _kill_group(proc: asyncio.subprocess.Process) -> None:
+async def _kill_group(proc: StepProcess) -> None:
     for sig, wait in ((signal.SIGTERM, KILL_GRACE), (signal.SIGKILL, KILL_GRACE)):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, sig)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from ..manifest import Manifest
+from . import runner
+from .engine import RunSummary
 
 
 def profile_api_url() -> str | None:
@@ -34,8 +37,8 @@ def run_locally(
     echo: Callable[[str], None],
     tags: tuple[str, ...] = (),
     clone_run_id: str | None = None,
-) -> Any:
-    """Run the pipeline in this process against PREFECT_API_URL or mfprefect's local server."""
+) -> RunSummary:
+    """Run the pipeline against PREFECT_API_URL or mfprefect's local server."""
     from . import local_server
 
     if not os.environ.get("PREFECT_API_URL"):
@@ -43,8 +46,24 @@ def run_locally(
         # we start (or reuse) mfprefect's own. Read the profile file rather than Prefect's
         # settings: importing those now would freeze them before PREFECT_API_URL is set.
         os.environ["PREFECT_API_URL"] = profile_api_url() or local_server.ensure_server(echo)
-    from .prefect_flow import run_manifest
+    if runner.enabled() and _real_stdio():
+        # The long-lived runner has Prefect imported already; this process never imports it.
+        summary = runner.run(manifest, parameters, echo=echo, tags=tags, clone_run_id=clone_run_id)
+    else:
+        from .prefect_flow import run_manifest
 
-    summary = run_manifest(manifest, parameters, echo=echo, tags_=tags, clone_run_id=clone_run_id)
+        summary = run_manifest(
+            manifest, parameters, echo=echo, tags_=tags, clone_run_id=clone_run_id
+        )
     local_server.touch()
     return summary
+
+
+def _real_stdio() -> bool:
+    """The runner writes to our stdout and stderr directly, so they must be real descriptors."""
+    try:
+        sys.stdout.fileno()
+        sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):
+        return False
+    return True

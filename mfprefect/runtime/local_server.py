@@ -475,7 +475,9 @@ def stop_server(timeout: float = 15.0) -> bool:
         _kill_group(int(info["pid"]))
         stopped = True
     _info_path().unlink(missing_ok=True)
-    return stopped
+    from . import runner
+
+    return runner.stop_runners(timeout) or stopped
 
 
 # --- the supervisor process ---------------------------------------------------------------------

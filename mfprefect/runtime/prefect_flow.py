@@ -18,14 +18,8 @@ from prefect.runtime import task_run as task_run_info
 from ..manifest import Manifest
 from . import commands, engine
 from .datastore import Datastore
-
-
-@dataclass
-class RunSummary:
-    """What a finished (or failed) run left behind: the Metaflow run and the Prefect flow run."""
-
-    pathspec: str
-    flow_run_id: str | None
+from .engine import RunSummary
+from .zygote import Zygote
 
 
 def _retry_allowed(_task: Any, _task_run: Any, state: Any) -> bool:
@@ -45,11 +39,16 @@ class PrefectSteps:
     """Runs Metaflow tasks as Prefect task runs for one Runner."""
 
     def __init__(
-        self, manifest: Manifest, datastore: Datastore, secrets: Mapping[str, str]
+        self,
+        manifest: Manifest,
+        datastore: Datastore,
+        secrets: Mapping[str, str],
+        launch: engine.Launcher | None = None,
     ) -> None:
         self.manifest = manifest
         self.datastore = datastore
         self.secrets = dict(secrets)
+        self.launch = launch
         self.semaphore = asyncio.Semaphore(manifest.deployment.parallelism)
         self.reported_steps: set[str] = set()
 
@@ -126,6 +125,7 @@ class PrefectSteps:
                 on_line,
                 timeout=engine.hard_timeout(self.manifest.steps.get(step)),
                 secrets=masked,
+                launch=self.launch,
             )
         if step != "_parameters":
             self.datastore.save_logs(pathspec, attempt, outcome.stdout, outcome.stderr)
@@ -201,11 +201,12 @@ async def execute(manifest: Manifest, parameters: Mapping[str, Any], options: Ru
     )
     for step in [None, *manifest.steps]:
         commands.environment(ctx, step, secrets.get)
+    zygote = _start_zygote(commands.environment(ctx, None, secrets.get))
     runner = engine.Runner(
         manifest,
         ctx,
         values,
-        PrefectSteps(manifest, datastore, secrets),
+        PrefectSteps(manifest, datastore, secrets, _launcher(zygote)),
         datastore.read_artifact,
         clone_from=options.clones,
         origin_run_id=options.clone_run_id,
@@ -222,7 +223,37 @@ async def execute(manifest: Manifest, parameters: Mapping[str, Any], options: Ru
         raise
     finally:
         watcher.cancel()
+        if zygote is not None:
+            zygote.close()
     return f"{manifest.flow_class}/{run_id}"
+
+
+FORK_ENV = "MFPREFECT_FORK_STEPS"
+
+
+def _start_zygote(env: Mapping[str, str]) -> Zygote | None:
+    """The run's step launcher, unless MFPREFECT_FORK_STEPS=0 asks for fresh processes."""
+    if os.environ.get(FORK_ENV, "1") == "0" or not hasattr(os, "fork"):
+        return None
+    try:
+        return Zygote(env, os.getcwd())
+    except OSError:
+        return None
+
+
+def _launcher(zygote: Zygote | None) -> engine.Launcher | None:
+    if zygote is None:
+        return None
+
+    async def launch(args: list[str], env: Mapping[str, str]) -> engine.StepProcess:
+        if await zygote.ready():
+            try:
+                return await zygote.spawn(args, env, os.getcwd())
+            except OSError:
+                pass
+        return await engine.spawn_process(args, env)
+
+    return launch
 
 
 def build_flow(manifest: Manifest, options: RunOptions) -> Any:

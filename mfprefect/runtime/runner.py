@@ -1,0 +1,415 @@
+"""The local runner: a long-lived process that runs pipelines for `run` and `resume` commands.
+
+Importing Prefect costs about a second of CPU, which a three-step run cannot afford on every
+command. The first local run starts a detached runner that imports Prefect once; every run after
+that connects to it over a Unix socket and hands over the request, together with its own stdout
+and stderr, so the run's output reaches the terminal directly. For each request the runner forks
+a *run process*, which takes the command's environment and working directory, runs the pipeline
+(see prefect_flow.run_manifest) and answers with one JSON line: the run's pathspec, or the error
+to report. The command stops the run by going away: when its end of the socket closes, the run
+process cancels the run and every step process dies with it.
+
+A runner serves one installation and one Prefect configuration: its socket name is a hash of the
+interpreter, mfprefect's source files, MFPREFECT_HOME, HOME and every PREFECT_* variable, because
+Prefect reads those once, at import. Anything else (Metaflow's settings included) comes with each
+request. The socket is in Linux's abstract namespace and only connections from the same user are
+served. The runner exits when it has been idle for MFPREFECT_RUNNER_IDLE_SECONDS (default 30
+minutes), when mfprefect's source changes, or when its PREFECT_HOME or MFPREFECT_HOME folder goes.
+
+MFPREFECT_RUNNER=0 runs pipelines in the command's own process instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import select
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from ..errors import ManifestError, MfprefectError, RuntimeFailure, UsageError
+from ..manifest import Manifest
+from .engine import RunSummary
+
+ENABLE_ENV = "MFPREFECT_RUNNER"
+IDLE_ENV = "MFPREFECT_RUNNER_IDLE_SECONDS"
+DEFAULT_IDLE_SECONDS = 30 * 60
+START_TIMEOUT_SECONDS = 30.0
+CHECK_SECONDS = 2.0
+_MAX_REQUEST = 64 * 1024 * 1024
+
+Echo = Callable[[str], None]
+
+
+def enabled() -> bool:
+    return (
+        os.environ.get(ENABLE_ENV, "1") != "0"
+        and sys.platform.startswith("linux")
+        and hasattr(os, "fork")
+    )
+
+
+def _source_stamp() -> str:
+    """Changes whenever a source file of mfprefect does (an editable install being edited)."""
+    package = Path(__file__).resolve().parent.parent
+    stamps = []
+    for path in sorted(package.rglob("*.py")):
+        with contextlib.suppress(OSError):
+            stat = path.stat()
+            stamps.append(f"{path}:{stat.st_mtime_ns}:{stat.st_size}")
+    return "\n".join(stamps)
+
+
+def fingerprint(env: Mapping[str, str]) -> str:
+    """What a runner must share with a command to serve it (see the module docstring)."""
+    parts = [sys.executable, _source_stamp()]
+    for name in sorted(env):
+        if name.startswith("PREFECT_") or name in ("HOME", "MFPREFECT_HOME"):
+            parts.append(f"{name}={env[name]}")
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:24]
+
+
+def _address(key: str) -> str:
+    return f"\0mfprefect-runner-{os.getuid()}-{key}"
+
+
+def _runner_dir() -> Path:
+    from .local_server import state_dir
+
+    return state_dir() / "runner"
+
+
+def _log_path(key: str) -> Path:
+    return _runner_dir() / f"{key}.log"
+
+
+def stop_runners(timeout: float = 10.0) -> bool:
+    """Stop every runner of this MFPREFECT_HOME (runs in progress carry on); True if any was."""
+    stopped = []
+    for pid_file in _runner_dir().glob("*.pid"):
+        try:
+            pid = int(pid_file.read_text().strip())
+            with open(f"/proc/{pid}/cmdline", "rb") as handle:
+                command = handle.read()
+        except (OSError, ValueError):
+            pid_file.unlink(missing_ok=True)
+            continue
+        if b"mfprefect.runtime.runner" not in command:
+            pid_file.unlink(missing_ok=True)
+            continue
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+            stopped.append(pid)
+    deadline = time.monotonic() + timeout
+    for pid in stopped:
+        while time.monotonic() < deadline and os.path.exists(f"/proc/{pid}"):
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)
+            if _is_zombie(pid):
+                break
+            time.sleep(0.05)
+    return bool(stopped)
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return True
+
+
+# ---------------------------------------------------------------------------------------------
+# The command's side
+
+
+def run(
+    manifest: Manifest,
+    parameters: Mapping[str, Any],
+    *,
+    echo: Echo,
+    tags: tuple[str, ...] = (),
+    clone_run_id: str | None = None,
+) -> RunSummary:
+    """Run the pipeline in the local runner (starting it if needed); return its RunSummary."""
+    key = fingerprint(os.environ)
+    conn = _connect(key, echo)
+    request = {
+        "manifest": dict(manifest.data),
+        "path": manifest.path,
+        "parameters": dict(parameters),
+        "tags": list(tags),
+        "clone_run_id": clone_run_id,
+        "env": dict(os.environ),
+        "cwd": os.getcwd(),
+    }
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        payload = (json.dumps(request) + "\n").encode()
+        conn.sendall(payload[:-1])
+        socket.send_fds(conn, [payload[-1:]], [sys.stdout.fileno(), sys.stderr.fileno()])
+        answer = b""
+        while True:
+            data = conn.recv(65536)
+            if not data:
+                break
+            answer += data
+    finally:
+        conn.close()
+    if not answer.strip():
+        raise RuntimeFailure(
+            "the local runner stopped before the run finished",
+            hint=f"see {_log_path(key)}; `resume` the run to finish it",
+        )
+    reply = json.loads(answer.splitlines()[0])
+    if "error" in reply:
+        raise _error(reply["error"])
+    return RunSummary(reply["pathspec"], reply.get("flow_run_id"))
+
+
+def _error(error: Mapping[str, Any]) -> MfprefectError:
+    kind = {1: ManifestError, 2: UsageError}.get(int(error.get("exit_code", 3)), RuntimeFailure)
+    return kind(str(error.get("message")), hint=error.get("hint"))
+
+
+def _connect(key: str, echo: Echo) -> socket.socket:
+    """A connection to the runner for `key`, starting one if none answers."""
+    conn = _try_connect(key)
+    if conn is not None:
+        return conn
+    echo("mfprefect: starting the local runner (it imports Prefect once; later runs reuse it) ...")
+    log = _log_path(key)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as sink:
+        starter = subprocess.Popen(
+            [sys.executable, "-m", "mfprefect.runtime.runner", key],
+            stdin=subprocess.DEVNULL,
+            stdout=sink,
+            stderr=sink,
+            cwd="/",
+            start_new_session=True,
+        )
+    deadline = time.monotonic() + START_TIMEOUT_SECONDS
+    while time.monotonic() < deadline:
+        conn = _try_connect(key)
+        if conn is not None:
+            return conn
+        if starter.poll() not in (None, 0):
+            raise RuntimeFailure(
+                f"the local runner could not start (exit {starter.returncode})",
+                hint=f"see {log}; or set {ENABLE_ENV}=0 to run in this process",
+            )
+        time.sleep(0.02)
+    raise RuntimeFailure(
+        f"the local runner did not start within {START_TIMEOUT_SECONDS:.0f} s",
+        hint=f"see {log}; or set {ENABLE_ENV}=0 to run in this process",
+    )
+
+
+def _try_connect(key: str) -> socket.socket | None:
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        conn.connect(_address(key))
+    except OSError:
+        conn.close()
+        return None
+    return conn
+
+
+# ---------------------------------------------------------------------------------------------
+# The runner process
+
+
+def _idle_limit() -> float:
+    try:
+        return float(os.environ.get(IDLE_ENV, DEFAULT_IDLE_SECONDS))
+    except ValueError:
+        return float(DEFAULT_IDLE_SECONDS)
+
+
+def _peer_uid(conn: socket.socket) -> int:
+    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return int(struct.unpack("3i", creds)[1])
+
+
+def serve(key: str) -> int:
+    """Bind the runner's socket (losing a start race ends quietly), import Prefect, serve."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        listener.bind(_address(key))
+    except OSError:
+        return 0  # another runner for the same key won the start race
+    listener.listen(64)
+    pid_file = _runner_dir() / f"{key}.pid"
+    pid_file.parent.mkdir(parents=True, exist_ok=True)
+    pid_file.write_text(f"{os.getpid()}\n")
+    try:
+        return _serve(key, listener)
+    finally:
+        with contextlib.suppress(OSError):
+            if pid_file.read_text().strip() == str(os.getpid()):
+                pid_file.unlink()
+
+
+def _serve(key: str, listener: socket.socket) -> int:
+    from . import prefect_flow  # noqa: F401 - the point of the runner: import Prefect once
+
+    stamp = _source_stamp()
+    watched = [
+        Path(os.environ[name]) for name in ("PREFECT_HOME", "MFPREFECT_HOME") if name in os.environ
+    ]
+    idle_limit = _idle_limit()
+    children: set[int] = set()
+    last_used = time.monotonic()
+    next_check = time.monotonic() + CHECK_SECONDS
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    print(f"mfprefect runner {os.getpid()} serving {key}", flush=True)
+    while True:
+        ready, _, _ = select.select([listener], [], [], CHECK_SECONDS)
+        if ready:
+            conn, _ = listener.accept()
+            if _peer_uid(conn) != os.getuid():
+                conn.close()
+                continue
+            pid = os.fork()
+            if pid == 0:
+                listener.close()
+                _serve_run(conn)
+            conn.close()
+            children.add(pid)
+            last_used = time.monotonic()
+        while children:
+            try:
+                pid, _status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                children.clear()
+                break
+            if pid == 0:
+                break
+            children.discard(pid)
+            last_used = time.monotonic()
+        if time.monotonic() < next_check:
+            continue
+        next_check = time.monotonic() + CHECK_SECONDS
+        if _source_stamp() != stamp or not all(folder.is_dir() for folder in watched):
+            return 0  # running runs carry on; new commands start a new runner
+        if not children and time.monotonic() - last_used > idle_limit:
+            return 0
+
+
+def _serve_run(conn: socket.socket) -> None:
+    """In a forked run process: take the request, run it, answer. Never returns."""
+    code = 0
+    try:
+        os.setsid()
+        for sig in (signal.SIGTERM, signal.SIGCHLD, signal.SIGPIPE):
+            signal.signal(sig, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        request = _receive(conn)
+        if request is None:
+            code = 1
+            return
+        _answer(conn, _run_request(request, conn))
+    except BaseException:  # noqa: BLE001 - the run process must never return into serve()
+        code = 1
+        with contextlib.suppress(BaseException):
+            import traceback
+
+            traceback.print_exc()
+    finally:
+        import atexit
+
+        with contextlib.suppress(BaseException):
+            atexit._run_exitfuncs()  # Prefect sends its last logs and events here
+        with contextlib.suppress(BaseException):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(code)
+
+
+def _receive(conn: socket.socket) -> dict[str, Any] | None:
+    """The request line, with the command's stdout and stderr put in place as ours."""
+    buffer = b""
+    while not buffer.endswith(b"\n"):
+        data, fds, _flags, _addr = socket.recv_fds(conn, 1 << 20, 2)
+        if not data or len(buffer) > _MAX_REQUEST:
+            return None
+        buffer += data
+        if fds:
+            if len(fds) != 2:
+                return None
+            os.dup2(fds[0], 1)
+            os.dup2(fds[1], 2)
+            for fd in fds:
+                os.close(fd)
+    request: dict[str, Any] = json.loads(buffer)
+    return request
+
+
+def _run_request(request: Mapping[str, Any], conn: socket.socket) -> dict[str, Any]:
+    from ..manifest import from_data
+    from .prefect_flow import run_manifest
+
+    os.environ.clear()
+    os.environ.update(request["env"])
+    os.chdir(request["cwd"])
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(AttributeError, ValueError):
+            stream.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+    import prefect.context
+
+    prefect.context.refresh_global_settings_context()
+    finished = threading.Event()
+    threading.Thread(target=_stop_when_command_goes, args=(conn, finished), daemon=True).start()
+
+    def echo(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    try:
+        manifest = from_data(request["manifest"], request.get("path"))
+        summary = run_manifest(
+            manifest,
+            request["parameters"],
+            echo=echo,
+            tags_=tuple(request.get("tags", ())),
+            clone_run_id=request.get("clone_run_id"),
+        )
+    except MfprefectError as exc:
+        return {"error": {"exit_code": exc.exit_code, "message": exc.message, "hint": exc.hint}}
+    finally:
+        finished.set()
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    return {"pathspec": summary.pathspec, "flow_run_id": summary.flow_run_id}
+
+
+def _stop_when_command_goes(conn: socket.socket, finished: threading.Event) -> None:
+    """The command closed its end (Ctrl-C, killed): interrupt the run, which stops its steps."""
+    with contextlib.suppress(OSError):
+        while conn.recv(4096):
+            pass
+    if not finished.is_set():
+        os.kill(os.getpid(), signal.SIGINT)
+
+
+def _answer(conn: socket.socket, reply: Mapping[str, Any]) -> None:
+    with contextlib.suppress(OSError):
+        conn.sendall((json.dumps(reply) + "\n").encode())
+        conn.shutdown(socket.SHUT_WR)
+
+
+if __name__ == "__main__":
+    sys.exit(serve(sys.argv[1]))

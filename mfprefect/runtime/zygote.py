@@ -1,0 +1,364 @@
+"""Step processes forked from an interpreter that has Metaflow imported already.
+
+A fresh `python flow.py step ...` spends most of its time starting Python and importing Metaflow.
+One run starts one *zygote*: a small single-threaded process, with the run's environment, that
+imports Metaflow once and then forks a child per step. The child becomes exactly what the fresh
+command would be (its own session, the step's environment, working directory and argv, stdout and
+stderr on the runner's pipes) and runs the flow file as `__main__`.
+
+Environment variables that Metaflow or Python read at import time cannot change after the fork,
+so a step whose environment differs from the zygote's in any of them (see `fork_compatible`) is
+started with `exec` instead, still as a child of the zygote. Either way the zygote reaps its
+children and reports each exit status, and when the runner goes away (its end of the zygote's
+stdin closes) the zygote kills every step's process group before it exits.
+
+Protocol, one Unix-socket connection per step: the runner sends one JSON line
+`{"args": [...], "env": {...}, "cwd": "...", "exec": bool}` with the step's stdout and stderr
+descriptors attached (SCM_RIGHTS); the zygote answers `{"pid": N}` and later `{"exit": CODE}`,
+negative for a signal, as Popen reports it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import json
+import os
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+from collections.abc import Mapping
+from functools import partial
+from typing import Any
+
+# Read by Python or Metaflow when they start; a step that changes one of these cannot be forked.
+_STARTUP_PREFIXES = ("METAFLOW_", "PYTHON")
+_STARTUP_NAMES = frozenset({"USER", "USERNAME", "LOGNAME", "HOME", "TMPDIR", "LANG", "LC_ALL"})
+_MAX_REQUEST = 8 * 1024 * 1024
+_PR_SET_PDEATHSIG = 1
+
+
+def fork_compatible(step_env: Mapping[str, str], zygote_env: Mapping[str, str]) -> bool:
+    """True when every variable read at import time has the same value in both environments."""
+    names = {
+        name
+        for name in (*step_env, *zygote_env)
+        if name.startswith(_STARTUP_PREFIXES) or name in _STARTUP_NAMES
+    }
+    return all(step_env.get(name) == zygote_env.get(name) for name in names)
+
+
+# ---------------------------------------------------------------------------------------------
+# The zygote process
+
+
+def _preload() -> dict[str, Any]:
+    """Import what every step command imports, so a forked child starts with it loaded.
+
+    Not metaflow.cli: it builds its options from the flow class defined before its import.
+    Returns what the imports put into `__main__` (Metaflow puts its picklable named tuples
+    there), to be given to the flow file's own `__main__`.
+    """
+    main = vars(sys.modules["__main__"])
+    before = set(main)
+    import metaflow  # noqa: F401
+
+    return {name: main[name] for name in set(main) - before}
+
+
+def _die_with_parent() -> None:
+    """Ask the kernel to SIGKILL this process when the one that forked it dies."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+def _child(
+    request: dict[str, Any], fds: list[int], keep: set[int], main_globals: dict[str, Any]
+) -> None:
+    """In the forked child: become the step command and run it. Never returns."""
+    code = 1
+    try:
+        os.setsid()
+        _die_with_parent()
+        signal.set_wakeup_fd(-1)
+        for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGPIPE):
+            signal.signal(sig, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.dup2(fds[0], 1)
+        os.dup2(fds[1], 2)
+        for fd in (null, *fds, *keep):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        os.chdir(request["cwd"])
+        env = request["env"]
+        args = request["args"]
+        if request.get("exec"):
+            os.execve(args[0], args, env)
+        os.environ.clear()
+        os.environ.update(env)
+        flow_file = os.path.abspath(args[1])
+        sys.argv = args[1:]
+        sys.path[0] = os.path.dirname(flow_file)
+        import runpy
+
+        try:
+            runpy.run_path(flow_file, init_globals=main_globals, run_name="__main__")
+            code = 0
+        except SystemExit as stop:
+            code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+            if stop.code is not None and not isinstance(stop.code, int):
+                print(stop.code, file=sys.stderr)
+        except BaseException:  # noqa: BLE001 - a step's own failure, reported as Python would
+            import traceback
+
+            traceback.print_exc()
+            code = 1
+        import atexit
+
+        with contextlib.suppress(BaseException):
+            atexit._run_exitfuncs()
+    except BaseException:  # noqa: BLE001 - the child must never return into the zygote's loop
+        with contextlib.suppress(BaseException):
+            import traceback
+
+            traceback.print_exc()
+    finally:
+        with contextlib.suppress(BaseException):
+            sys.stdout.flush()
+        with contextlib.suppress(BaseException):
+            sys.stderr.flush()
+        os._exit(code & 0xFF if code >= 0 else 1)
+
+
+def _send(conn: socket.socket, message: dict[str, Any]) -> None:
+    with contextlib.suppress(OSError):
+        conn.sendall((json.dumps(message) + "\n").encode())
+
+
+def serve(address: str) -> int:
+    """Preload Metaflow, say ready on stdout, then fork steps until stdin closes."""
+    _die_with_parent()
+    main_globals = _preload()
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(address)
+    listener.listen(64)
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    sys.stdout.write("ready\n")
+    sys.stdout.flush()
+
+    selector = selectors.DefaultSelector()
+    selector.register(listener, selectors.EVENT_READ, "accept")
+    selector.register(wake_r, selectors.EVENT_READ, "signal")
+    selector.register(sys.stdin.fileno(), selectors.EVENT_READ, "control")
+    children: dict[int, socket.socket] = {}
+    pending: dict[socket.socket, bytearray] = {}
+    private = {listener.fileno(), wake_r, wake_w}
+
+    def reap() -> None:
+        while children:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            conn = children.pop(pid, None)
+            if conn is not None:
+                _send(conn, {"exit": os.waitstatus_to_exitcode(status)})
+                conn.close()
+
+    def start(conn: socket.socket, request: dict[str, Any], fds: list[int]) -> None:
+        keep = private | {c.fileno() for c in children.values()} | {conn.fileno()}
+        keep |= {c.fileno() for c in pending}
+        keep.add(sys.stdin.fileno())
+        pid = os.fork()
+        if pid == 0:
+            _child(request, fds, keep, main_globals)
+        for fd in fds:
+            os.close(fd)
+        children[pid] = conn
+        _send(conn, {"pid": pid})
+
+    try:
+        while True:
+            for key, _ in selector.select():
+                if key.data == "control":
+                    if not os.read(sys.stdin.fileno(), 4096):
+                        return 0
+                elif key.data == "signal":
+                    with contextlib.suppress(BlockingIOError):
+                        os.read(wake_r, 4096)
+                    reap()
+                elif key.data == "accept":
+                    conn, _ = listener.accept()
+                    pending[conn] = bytearray()
+                    selector.register(conn, selectors.EVENT_READ, "request")
+                else:
+                    conn = key.fileobj  # type: ignore[assignment]
+                    buffer = pending[conn]
+                    data, fds, _flags, _addr = socket.recv_fds(conn, 65536, 2)
+                    buffer += data
+                    if not data or len(buffer) > _MAX_REQUEST:
+                        for fd in fds:
+                            os.close(fd)
+                        selector.unregister(conn)
+                        del pending[conn]
+                        conn.close()
+                    elif fds:
+                        selector.unregister(conn)
+                        del pending[conn]
+                        if len(fds) != 2 or not buffer.endswith(b"\n"):
+                            for fd in fds:
+                                os.close(fd)
+                            conn.close()
+                            continue
+                        start(conn, json.loads(buffer), fds)
+            reap()
+    finally:
+        for pid in list(children):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
+
+
+# ---------------------------------------------------------------------------------------------
+# The runner's side
+
+
+class ForkedProcess:
+    """A step process started by the zygote, with the parts of asyncio's Process that we use."""
+
+    def __init__(
+        self,
+        pid: int,
+        conn: socket.socket,
+        stdout: asyncio.StreamReader,
+        stderr: asyncio.StreamReader,
+        buffered: bytes,
+    ) -> None:
+        self.pid = pid
+        self.stdout: asyncio.StreamReader | None = stdout
+        self.stderr: asyncio.StreamReader | None = stderr
+        self.returncode: int | None = None
+        self._conn = conn
+        self._buffer = buffered
+        self._waiter: asyncio.Future[int] | None = None
+
+    async def _read_exit(self) -> int:
+        loop = asyncio.get_running_loop()
+        while b"\n" not in self._buffer:
+            data = await loop.sock_recv(self._conn, 4096)
+            if not data:
+                # The zygote died: nobody will reap the step, so stop its group ourselves.
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(self.pid, signal.SIGKILL)
+                return -signal.SIGKILL
+            self._buffer += data
+        return int(json.loads(self._buffer.split(b"\n", 1)[0])["exit"])
+
+    async def wait(self) -> int:
+        if self.returncode is not None:
+            return self.returncode
+        if self._waiter is None:
+            self._waiter = asyncio.ensure_future(self._read_exit())
+        self.returncode = await asyncio.shield(self._waiter)
+        self._conn.close()
+        return self.returncode
+
+
+class Zygote:
+    """The runner's handle on one run's zygote; `spawn` falls back to exec when it must."""
+
+    def __init__(self, env: Mapping[str, str], cwd: str) -> None:
+        self.env = dict(env)
+        self._folder = tempfile.mkdtemp(prefix="mfprefect-zygote-")
+        self.address = os.path.join(self._folder, "socket")
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "mfprefect.runtime.zygote", self.address],
+            env=self.env,
+            cwd=cwd,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=None,
+        )
+        self._ready: bool | None = None
+
+    async def ready(self) -> bool:
+        """Wait for the preload to finish; False if the zygote could not start."""
+        if self._ready is None:
+            assert self._proc.stdout is not None
+            stdout = self._proc.stdout
+            line = await asyncio.get_running_loop().run_in_executor(None, stdout.readline)
+            self._ready = line.strip() == b"ready"
+        return self._ready
+
+    async def spawn(self, args: list[str], env: Mapping[str, str], cwd: str) -> ForkedProcess:
+        """Start one step; forked if its environment allows, exec'd otherwise."""
+        loop = asyncio.get_running_loop()
+        forkable = args[0] == sys.executable and fork_compatible(env, self.env)
+        request = {"args": list(args), "env": dict(env), "cwd": cwd, "exec": not forkable}
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            conn.connect(self.address)
+            payload = (json.dumps(request) + "\n").encode()
+            conn.sendall(payload[:-1])
+            socket.send_fds(conn, [payload[-1:]], [out_w, err_w])
+        except BaseException:
+            conn.close()
+            for fd in (out_r, err_r):
+                os.close(fd)
+            raise
+        finally:
+            os.close(out_w)
+            os.close(err_w)
+        conn.setblocking(False)
+        buffer = b""
+        while b"\n" not in buffer:
+            data = await loop.sock_recv(conn, 4096)
+            if not data:
+                conn.close()
+                for fd in (out_r, err_r):
+                    os.close(fd)
+                raise OSError("the step launcher stopped before starting the step")
+            buffer += data
+        first, rest = buffer.split(b"\n", 1)
+        pid = int(json.loads(first)["pid"])
+        readers = []
+        for fd in (out_r, err_r):
+            reader = asyncio.StreamReader(limit=2**20)
+            pipe = os.fdopen(fd, "rb", buffering=0)
+            await loop.connect_read_pipe(partial(asyncio.StreamReaderProtocol, reader), pipe)
+            readers.append(reader)
+        return ForkedProcess(pid, conn, readers[0], readers[1], rest)
+
+    def close(self) -> None:
+        """Stop the zygote (it kills any step still running) and remove its socket."""
+        with contextlib.suppress(OSError):
+            if self._proc.stdin is not None:
+                self._proc.stdin.close()
+        try:
+            self._proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+        if self._proc.stdout is not None:
+            self._proc.stdout.close()
+        with contextlib.suppress(OSError):
+            os.unlink(self.address)
+        with contextlib.suppress(OSError):
+            os.rmdir(self._folder)
+
+
+if __name__ == "__main__":
+    sys.exit(serve(sys.argv[1]))
