@@ -44,12 +44,21 @@ def render(data: dict[str, Any], manifest_path: str | None, out_path: str) -> st
     ).as_posix()
     text = json.dumps(data, sort_keys=False, separators=(",", ":"))
     return TEMPLATE.format(
-        name=_one_line(data["metadata"]["name"]), script=Path(out_path).name, manifest=text
+        name=_docstring_text(data["metadata"]["name"]),
+        script=_docstring_text(Path(out_path).name),
+        manifest=text,
     )
 
 
-def _one_line(text: str) -> str:
-    return "".join(ch for ch in text if ch.isprintable()).replace('"""', "")
+def _docstring_text(text: str) -> str:
+    """Text that can neither end the docstring it goes in nor break its escapes (`out\\N.py`)."""
+    printable = "".join(ch for ch in text if ch.isprintable())
+    return printable.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def _argparse_text(text: str) -> str:
+    """argparse %-formats help text: a literal `%` (`100% sure`) would garble it or crash."""
+    return text.replace("%", "%%")
 
 
 def main(data: dict[str, Any], script: str, argv: Sequence[str]) -> int:
@@ -66,11 +75,15 @@ def main(data: dict[str, Any], script: str, argv: Sequence[str]) -> int:
         return 1
     manifest = from_data(data, str(Path(script).resolve()))
     parser = argparse.ArgumentParser(
-        prog=Path(script).name, description=f"Run the {manifest.name} pipeline on Prefect."
+        prog=Path(script).name,
+        description=f"Run the {manifest.name} pipeline on Prefect.",
     )
     for name, spec in manifest.parameters.items():
         parser.add_argument(
-            f"--{name}", dest=name, default=None, help=f"{spec.help or ''} ({spec.type})".strip()
+            f"--{name}",
+            dest=name,
+            default=None,
+            help=_argparse_text(f"{spec.help or ''} ({spec.type})".strip()),
         )
     parser.add_argument(
         "--tag", dest="__tags", action="append", default=[], help="Metaflow tag (repeatable)"
