@@ -3,7 +3,9 @@
     python benchmarks/run.py [--repeat 5] [--only linear,foreach20,...] [--readme]
 
 Writes benchmarks/RESULTS.md (and, with --readme, the table between the markers in README.md).
-Each workload runs in fresh temporary folders; peak memory is the RSS of the whole process tree.
+Each workload runs in fresh temporary folders; peak memory is the RSS of the whole process tree,
+with mfprefect's local runner and everything it starts counted as part of ours (the Prefect
+server is not counted).
 """
 
 from __future__ import annotations
@@ -52,8 +54,22 @@ class Row:
         return statistics.median(s.peak_rss_mb for s in samples) if samples else float("nan")
 
 
-def _tree_rss_mb(root: int) -> float:
-    """Resident memory of `root` and all its descendants, from /proc."""
+def _runner_pids(env: dict[str, str]) -> list[int]:
+    """mfprefect's local runners: they do the run's work outside the command's own tree."""
+    home = env.get("MFPREFECT_HOME")
+    if not home:
+        return []
+    pids = []
+    for pid_file in (Path(home) / "runner").glob("*.pid"):
+        try:
+            pids.append(int(pid_file.read_text().strip()))
+        except (OSError, ValueError):
+            continue
+    return pids
+
+
+def _tree_rss_mb(*roots: int) -> float:
+    """Resident memory of `roots` and all their descendants, from /proc."""
     children: dict[int, list[int]] = {}
     rss: dict[int, int] = {}
     for entry in os.listdir("/proc"):
@@ -68,9 +84,12 @@ def _tree_rss_mb(root: int) -> float:
             continue
         children.setdefault(ppid, []).append(int(entry))
         rss[int(entry)] = pages
-    total, stack = 0, [root]
+    total, stack, seen = 0, list(roots), set()
     while stack:
         pid = stack.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
         total += rss.get(pid, 0)
         stack += children.get(pid, [])
     return total * os.sysconf("SC_PAGE_SIZE") / (1024 * 1024)
@@ -88,7 +107,8 @@ def measure(command: list[str], env: dict[str, str], cwd: Path) -> Sample:
     def sample() -> None:
         nonlocal peak
         while not done.is_set():
-            peak = max(peak, _tree_rss_mb(proc.pid))
+            # The runner's whole tree counts too (its idle self included): it runs the steps.
+            peak = max(peak, _tree_rss_mb(proc.pid, *_runner_pids(env)))
             done.wait(0.05)
 
     sampler = threading.Thread(target=sample, daemon=True)

@@ -194,16 +194,22 @@ def step_command(
     return args
 
 
+def runtime_environment(ctx: RunContext) -> dict[str, str]:
+    """The runner's environment plus what every step of the run shares (no manifest variables)."""
+    env = dict(ctx.base_env)
+    if ctx.manifest.runtime.datastore == "local":
+        # Local metadata finds its folder through this variable, not --datastore-root.
+        env["METAFLOW_DATASTORE_SYSROOT_LOCAL"] = os.path.dirname(ctx.datastore_root.rstrip("/"))
+    if ctx.manifest.configs:
+        env["METAFLOW_FLOW_CONFIG_VALUE"] = json.dumps(dict(ctx.manifest.configs))
+    return env
+
+
 def environment(ctx: RunContext, step: str | None, resolve_secret: Any = None) -> dict[str, str]:
     """The environment of a step process: the runner's, the datastore, configs, then the
     deployment's and the step's own variables (references resolved here, at run time)."""
-    env = dict(ctx.base_env)
+    env = runtime_environment(ctx)
     manifest = ctx.manifest
-    if manifest.runtime.datastore == "local":
-        # Local metadata finds its folder through this variable, not --datastore-root.
-        env["METAFLOW_DATASTORE_SYSROOT_LOCAL"] = os.path.dirname(ctx.datastore_root.rstrip("/"))
-    if manifest.configs:
-        env["METAFLOW_FLOW_CONFIG_VALUE"] = json.dumps(dict(manifest.configs))
     layers: list[Mapping[str, EnvValue]] = [manifest.deployment.environment]
     if step is not None:
         layers.append(manifest.steps[step].environment)

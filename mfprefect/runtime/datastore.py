@@ -22,12 +22,12 @@ class Datastore:
     @classmethod
     def for_manifest(cls, manifest: Manifest) -> Datastore:
         """Resolve the root as Metaflow would from here (the manifest may name it explicitly)."""
-        from metaflow.plugins import DATASTORES
-
         kind = manifest.runtime.datastore
-        impl = next(d for d in DATASTORES if d.TYPE == kind)
         root = manifest.runtime.datastore_root
         if root is None:
+            from metaflow.plugins import DATASTORES
+
+            impl = next(d for d in DATASTORES if d.TYPE == kind)
             root = impl.get_datastore_root_from_config(
                 lambda *_a, **_k: None, create_on_absent=True
             )

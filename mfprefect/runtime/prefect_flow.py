@@ -128,7 +128,10 @@ class PrefectSteps:
                 launch=self.launch,
             )
         if step != "_parameters":
-            self.datastore.save_logs(pathspec, attempt, outcome.stdout, outcome.stderr)
+            try:
+                self.datastore.save_logs(pathspec, attempt, outcome.stdout, outcome.stderr)
+            except OSError as exc:  # a full disk must not hide why the step itself failed
+                logger.warning(f"could not save the step's logs to the datastore: {exc}")
         flow_name = self.manifest.flow_class
         if outcome.timed_out:
             raise engine.StepFailed(
@@ -178,6 +181,8 @@ class RunOptions:
     clone_run_id: str | None = None
     clones: Mapping[tuple[str, tuple[int, ...], int], str] = field(default_factory=dict)
     origin_parameters: Mapping[str, Any] = field(default_factory=dict)
+    # The step launcher, started before the flow run so its imports overlap with ours.
+    zygote: Zygote | None = field(default=None, compare=False)
 
 
 async def execute(manifest: Manifest, parameters: Mapping[str, Any], options: RunOptions) -> str:
@@ -201,7 +206,7 @@ async def execute(manifest: Manifest, parameters: Mapping[str, Any], options: Ru
     )
     for step in [None, *manifest.steps]:
         commands.environment(ctx, step, secrets.get)
-    zygote = _start_zygote(commands.environment(ctx, None, secrets.get))
+    zygote = options.zygote or _start_zygote(commands.runtime_environment(ctx))
     runner = engine.Runner(
         manifest,
         ctx,
@@ -223,7 +228,7 @@ async def execute(manifest: Manifest, parameters: Mapping[str, Any], options: Ru
         raise
     finally:
         watcher.cancel()
-        if zygote is not None:
+        if zygote is not None and zygote is not options.zygote:
             zygote.close()
     return f"{manifest.flow_class}/{run_id}"
 
@@ -346,16 +351,24 @@ def run_manifest(
     run_id = run_id or engine.new_run_id()
     pathspec = f"{manifest.flow_class}/{run_id}"
     echo(f"Metaflow run {pathspec}")
+    shared = commands.RunContext(
+        manifest, "", "", Datastore.for_manifest(manifest).root, "", base_env=dict(os.environ)
+    )
     options = RunOptions(
         run_id=run_id,
         tags=tuple(tags_),
         clone_run_id=clone_run_id,
         clones=clones,
         origin_parameters=origin_parameters,
+        zygote=_start_zygote(commands.runtime_environment(shared)),
     )
     prefect_flow = build_flow(manifest, options)
-    with tags("mfprefect", f"metaflow_run:{pathspec}"):
-        state = asyncio.run(prefect_flow(parameters=dict(parameters), return_state=True))
+    try:
+        with tags("mfprefect", f"metaflow_run:{pathspec}"):
+            state = asyncio.run(prefect_flow(parameters=dict(parameters), return_state=True))
+    finally:
+        if options.zygote is not None:
+            options.zygote.close()
     flow_run_id = str(state.state_details.flow_run_id) if state.state_details.flow_run_id else None
     if state.is_cancelling() and flow_run_id:
         # The engine could not move a Cancelling run on; the steps are stopped, so say so.

@@ -39,6 +39,7 @@ from typing import Any
 
 from ..errors import ManifestError, MfprefectError, RuntimeFailure, UsageError
 from ..manifest import Manifest
+from .datastore import Datastore
 from .engine import RunSummary
 
 ENABLE_ENV = "MFPREFECT_RUNNER"
@@ -144,8 +145,12 @@ def run(
     """Run the pipeline in the local runner (starting it if needed); return its RunSummary."""
     key = fingerprint(os.environ)
     conn = _connect(key, echo)
+    # The datastore root as Metaflow finds it from here, so the runner need not import Metaflow
+    # before the run starts.
+    data = json.loads(json.dumps(manifest.data))
+    data["runtime"]["datastore_root"] = Datastore.for_manifest(manifest).root
     request = {
-        "manifest": dict(manifest.data),
+        "manifest": data,
         "path": manifest.path,
         "parameters": dict(parameters),
         "tags": list(tags),
@@ -302,9 +307,15 @@ def _serve(key: str, listener: socket.socket) -> int:
         if time.monotonic() < next_check:
             continue
         next_check = time.monotonic() + CHECK_SECONDS
-        if _source_stamp() != stamp or not all(folder.is_dir() for folder in watched):
-            return 0  # running runs carry on; new commands start a new runner
+        # Running runs carry on when the runner exits; new commands start a new runner.
+        if _source_stamp() != stamp:
+            print("mfprefect's source changed: exiting", flush=True)
+            return 0
+        if not all(folder.is_dir() for folder in watched):
+            print("PREFECT_HOME or MFPREFECT_HOME is gone: exiting", flush=True)
+            return 0
         if not children and time.monotonic() - last_used > idle_limit:
+            print(f"idle for {idle_limit:.0f} s: exiting", flush=True)
             return 0
 
 
@@ -373,6 +384,9 @@ def _run_request(request: Mapping[str, Any], conn: socket.socket) -> dict[str, A
     import prefect.context
 
     prefect.context.refresh_global_settings_context()
+    # Reading the datastore needs Metaflow, imported now with the command's environment; the
+    # import overlaps with creating the flow run.
+    threading.Thread(target=_import_metaflow, daemon=True).start()
     finished = threading.Event()
     threading.Thread(target=_stop_when_command_goes, args=(conn, finished), daemon=True).start()
 
@@ -394,6 +408,12 @@ def _run_request(request: Mapping[str, Any], conn: socket.socket) -> dict[str, A
         finished.set()
         signal.signal(signal.SIGINT, signal.SIG_IGN)
     return {"pathspec": summary.pathspec, "flow_run_id": summary.flow_run_id}
+
+
+def _import_metaflow() -> None:
+    with contextlib.suppress(Exception):
+        import metaflow.datastore  # noqa: F401
+        import metaflow.mflog  # noqa: F401
 
 
 def _stop_when_command_goes(conn: socket.socket, finished: threading.Event) -> None:

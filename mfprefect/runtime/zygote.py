@@ -70,11 +70,11 @@ def _preload() -> dict[str, Any]:
     return {name: main[name] for name in set(main) - before}
 
 
-def _die_with_parent() -> None:
-    """Ask the kernel to SIGKILL this process when the one that forked it dies."""
+def _die_with_parent(sig: int = signal.SIGKILL) -> None:
+    """Ask the kernel to send `sig` to this process when the one that started it dies."""
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        libc.prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)
 
 
 def _child(
@@ -143,8 +143,13 @@ def _send(conn: socket.socket, message: dict[str, Any]) -> None:
 
 
 def serve(address: str) -> int:
-    """Preload Metaflow, say ready on stdout, then fork steps until stdin closes."""
-    _die_with_parent()
+    """Preload Metaflow, say ready on stdout, then fork steps until stdin closes.
+
+    If the runner dies, the kernel sends SIGTERM, and the steps' process groups are killed on
+    the way out, as when stdin closes.
+    """
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    _die_with_parent(signal.SIGTERM)
     main_globals = _preload()
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(address)

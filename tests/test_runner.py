@@ -1,0 +1,298 @@
+"""The local runner and the step zygote, on a real server: reuse, isolation, and faults mid-run.
+
+Faults injected here: a step killed by SIGKILL, a step that exits 0 before finishing, a full
+datastore disk (a 4 MiB tmpfs), the command killed mid-run, and the runner's run process killed
+mid-run. Each must fail clearly with no downstream step, leave no step process running, and (for
+the kills) let `resume` finish the run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import flow_cli, flow_env, mfprefect, run, start_local_server, stop_local_server
+
+from mfprefect.runtime.zygote import fork_compatible
+
+HERE = Path(__file__).resolve().parent
+FAULT_FLOW = HERE / "flows" / "fault_flow.py"
+
+
+def test_fork_compatible_compares_only_what_is_read_at_import() -> None:
+    base = {"USER": "a", "METAFLOW_X": "1", "PATH": "/bin", "GREETING": "hi"}
+    assert fork_compatible(dict(base, GREETING="other", PATH="/usr/bin"), base)
+    assert not fork_compatible(dict(base, METAFLOW_X="2"), base)
+    assert not fork_compatible(dict(base, METAFLOW_NEW="1"), base)
+    assert not fork_compatible(dict(base, PYTHONPATH="/x"), base)
+    assert not fork_compatible(dict(base, USER="b"), base)
+    assert not fork_compatible({k: v for k, v in base.items() if k != "USER"}, base)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    home = tmp_path_factory.mktemp("mfprefect-home")
+    env = flow_env(home)
+    env["MFPREFECT_HOME"] = str(home)
+    env.pop("PREFECT_API_URL", None)
+    env["_API_URL"] = start_local_server(env)
+    yield env
+    stop_local_server(env)
+    assert not list((home / "runner").glob("*.pid")), "a runner outlived `local_server stop`"
+
+
+def _env(server: dict[str, str], tmp_path: Path, **extra: str) -> dict[str, str]:
+    return dict(
+        server,
+        METAFLOW_DATASTORE_SYSROOT_LOCAL=str(extra.pop("datastore", tmp_path / "ds")),
+        FAULT_LOG=str(tmp_path / "ran"),
+        FAULT_PIDS=str(tmp_path / "pids"),
+        **extra,
+    )
+
+
+def _ran(tmp_path: Path) -> list[str]:
+    log = tmp_path / "ran"
+    return sorted(line.split()[0] for line in log.read_text().splitlines()) if log.exists() else []
+
+
+def _dump(pathspec: str, env: dict[str, str]) -> dict:
+    result = run([sys.executable, str(HERE / "dump_run.py"), pathspec], env=env)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _processes_with(marker: str) -> list[int]:
+    """Live processes whose environment holds `marker` (zygotes and exec'd steps of one test)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as handle:
+                environ = handle.read().split(b"\0")
+        except OSError:
+            continue
+        if marker.encode() in environ and _alive(int(entry)):
+            found.append(int(entry))
+    return found
+
+
+def _wait_gone(pids: list[int], timeout: float = 20) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(_alive(p) for p in pids):
+        time.sleep(0.2)
+    return [p for p in pids if _alive(p)]
+
+
+def _runner_pid(server: dict[str, str]) -> int:
+    files = list((Path(server["MFPREFECT_HOME"]) / "runner").glob("*.pid"))
+    assert len(files) == 1, files
+    return int(files[0].read_text())
+
+
+def _run_id(text: str) -> str:
+    match = re.search(r"Metaflow run FaultFlow/(prefect-[0-9a-f]+)", text)
+    assert match, text[-3000:]
+    return match.group(1)
+
+
+pytestmark = pytest.mark.slow
+
+
+def test_command_never_imports_prefect_and_reuses_the_runner(
+    server: dict[str, str], tmp_path: Path
+) -> None:
+    env = _env(server, tmp_path)
+    command = [sys.executable, "-X", "importtime", str(FAULT_FLOW), "--no-pylint"]
+    first = run([*command, "prefect", "run"], env=env, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    imported = [line for line in first.stderr.splitlines() if line.startswith("import time:")]
+    assert any(re.search(r"\|\s+metaflow$", line) for line in imported)  # the check can see
+    assert not [line for line in imported if re.search(r"\|\s+prefect(\.|$)", line)]
+    runner = _runner_pid(server)
+    second = flow_cli(FAULT_FLOW, "prefect", "run", env=env, cwd=tmp_path)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert _runner_pid(server) == runner
+    assert _ran(tmp_path) == sorted(["start", "body0", "body1", "body2", "join", "end"] * 2)
+    # The steps were forked from the zygote, not started as fresh interpreters.
+    dumped = _dump(f"FaultFlow/{_run_id(second.stderr)}", env)
+    assert all(
+        "mfprefect.runtime.zygote" in t["data"]["orig_argv"] for t in dumped["steps"]["body"]
+    )
+
+
+def test_a_step_that_changes_metaflow_settings_gets_a_fresh_interpreter(
+    server: dict[str, str], tmp_path: Path
+) -> None:
+    env = _env(server, tmp_path)
+    manifest = tmp_path / "fault.yaml"
+    exported = flow_cli(FAULT_FLOW, "prefect", "export", str(manifest), env=env)
+    assert exported.returncode == 0, exported.stderr
+    text = manifest.read_text()
+    marker = "  body:\n"
+    assert marker in text
+    manifest.write_text(
+        text.replace(marker, marker + "    environment:\n      METAFLOW_DEBUG_MARK: '1'\n", 1)
+    )
+    result = mfprefect("run", str(manifest), env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    dumped = _dump(f"FaultFlow/{_run_id(result.stderr)}", env)
+    argvs = [t["data"]["orig_argv"] for t in dumped["steps"]["body"]]
+    assert argvs and all("fault_flow.py" in a and "zygote" not in a for a in argvs)
+    assert all("zygote" in t["data"]["orig_argv"] for t in dumped["steps"]["start"])
+
+
+@pytest.mark.parametrize(
+    ("mode", "reason"),
+    [("sigkill", "killed by signal 9"), ("exit0", "exited 0 but did not finish its task")],
+)
+def test_a_broken_step_fails_clearly_and_nothing_runs_after_it(
+    server: dict[str, str], tmp_path: Path, mode: str, reason: str
+) -> None:
+    env = _env(server, tmp_path, FAULT_MODE=mode)
+    result = flow_cli(FAULT_FLOW, "prefect", "run", env=env, cwd=tmp_path)
+    assert result.returncode == 3, result.stderr[-3000:]
+    # The command's verdict is its last line; Prefect's log lines above it carry Prefect's
+    # own tracebacks.
+    last = result.stderr.strip().splitlines()[-1]
+    pattern = rf"mfprefect: step failed: FaultFlow/prefect-[0-9a-f]+/body/t\d+: {reason}"
+    assert re.fullmatch(pattern, last), result.stderr[-3000:]
+    assert "join" not in _ran(tmp_path) and "end" not in _ran(tmp_path)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 4 MiB tmpfs for the datastore (root only: CI's containers run as root)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_full_datastore_disk_fails_the_step_clearly(
+    server: dict[str, str], tmp_path: Path, small_disk: Path
+) -> None:
+    env = _env(server, tmp_path, FAULT_MODE="disk", datastore=str(small_disk))
+    result = flow_cli(FAULT_FLOW, "prefect", "run", env=env, cwd=tmp_path)
+    assert result.returncode == 3, result.stderr[-3000:]
+    assert re.search(
+        r"step failed: FaultFlow/prefect-[0-9a-f]+/body/t\d+: exited with code", result.stderr
+    )
+    assert "No space left on device" in result.stderr
+    assert "join" not in _ran(tmp_path) and "end" not in _ran(tmp_path)
+
+
+def _start_hanging_run(
+    env: dict[str, str], tmp_path: Path
+) -> tuple[subprocess.Popen[bytes], list[int], Path]:
+    output = tmp_path / "command-output"
+    with open(output, "wb") as sink:
+        command = subprocess.Popen(
+            [sys.executable, str(FAULT_FLOW), "--no-pylint", "prefect", "run"],
+            env=env,
+            cwd=tmp_path,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+    pids_file = tmp_path / "pids"
+    deadline = time.monotonic() + 90
+    while not pids_file.exists() and time.monotonic() < deadline:
+        assert command.poll() is None, output.read_text()[-3000:]
+        time.sleep(0.2)
+    assert pids_file.exists(), output.read_text()[-3000:]
+    time.sleep(0.5)  # body0 and body2 finish (they do nothing)
+    return command, [int(p) for p in pids_file.read_text().split()], output
+
+
+def _resume_finishes(env: dict[str, str], tmp_path: Path, run_id: str) -> None:
+    (tmp_path / "ran").unlink()
+    resumed = flow_cli(
+        FAULT_FLOW, "prefect", "resume", "--clone-run-id", run_id, env=env, cwd=tmp_path
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    # Only the interrupted item and what follows it ran again; the rest was cloned.
+    assert _ran(tmp_path) == ["body1", "end", "join"]
+
+
+def test_killing_the_command_stops_every_step_and_resume_finishes(
+    server: dict[str, str], tmp_path: Path
+) -> None:
+    env = _env(server, tmp_path, FAULT_MODE="hang", MFP_TEST_MARK=str(tmp_path))
+    command, step_pids, output = _start_hanging_run(env, tmp_path)
+    command.send_signal(signal.SIGKILL)
+    command.wait()
+    assert not _wait_gone(step_pids), "a step process outlived the command"
+    assert not _wait_gone(_processes_with(f"MFP_TEST_MARK={tmp_path}"))
+    env.pop("FAULT_MODE")
+    _resume_finishes(env, tmp_path, _run_id(output.read_text()))
+
+
+def test_killing_the_runner_mid_run_fails_clearly_and_resume_finishes(
+    server: dict[str, str], tmp_path: Path
+) -> None:
+    env = _env(server, tmp_path, FAULT_MODE="hang", MFP_TEST_MARK=str(tmp_path))
+    command, step_pids, output = _start_hanging_run(env, tmp_path)
+    runner = _runner_pid(server)
+    run_processes = [
+        int(entry)
+        for entry in os.listdir("/proc")
+        if entry.isdigit() and _parent(int(entry)) == runner
+    ]
+    assert len(run_processes) == 1, run_processes
+    os.kill(run_processes[0], signal.SIGKILL)
+    assert command.wait(timeout=30) == 3
+    text = output.read_text()
+    assert "the local runner stopped before the run finished" in text, text[-3000:]
+    assert not _wait_gone(step_pids), "a step process outlived the runner"
+    assert not _wait_gone(_processes_with(f"MFP_TEST_MARK={tmp_path}"))
+    env.pop("FAULT_MODE")
+    _resume_finishes(env, tmp_path, _run_id(text))
+
+
+def _parent(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return int(handle.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return -1
+
+
+def test_an_idle_runner_exits_by_itself(server: dict[str, str], tmp_path: Path) -> None:
+    home = tmp_path / "other-home"
+    home.mkdir()
+    env = _env(
+        server,
+        tmp_path,
+        MFPREFECT_HOME=str(home),
+        PREFECT_API_URL=server["_API_URL"],
+        MFPREFECT_RUNNER_IDLE_SECONDS="1",
+    )
+    result = flow_cli(FAULT_FLOW, "prefect", "run", env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    pid_files = list((home / "runner").glob("*.pid"))
+    assert len(pid_files) == 1
+    pid = int(pid_files[0].read_text())
+    assert not _wait_gone([pid], timeout=15), "the idle runner did not exit"
+    assert not pid_files[0].exists()
