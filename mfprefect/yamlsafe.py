@@ -14,6 +14,7 @@ from typing import Any
 
 from ruamel.yaml import YAML
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
+from ruamel.yaml.events import CollectionEndEvent, CollectionStartEvent, NodeEvent, StreamEndEvent
 from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from ruamel.yaml.reader import ReaderError
 
@@ -122,6 +123,11 @@ def parse(blob: bytes, file: str) -> Document:
         raise YamlProblem(
             Diagnostic(file, line, col, ERROR, "yaml", "", _one_line(problem))
         ) from None
+    except _TooDeep as exc:
+        message = f"nesting deeper than {MAX_DEPTH} levels"
+        raise YamlProblem(
+            Diagnostic(file, exc.line, exc.col, ERROR, "yaml.depth", "", message)
+        ) from None
     except RecursionError:
         raise YamlProblem(
             Diagnostic(file, 1, 1, ERROR, "yaml.depth", "", "nesting is too deep to be a manifest")
@@ -166,10 +172,65 @@ LoadError = (YamlProblem, _Problems)
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 
 
+# The C composer recurses on the C stack without a limit: some 30,000 nested `[` (a 30 KB file)
+# crash the process (SIGSEGV). So a text that might nest deeper than this is first walked with
+# the C parser's event stream (iterative, and fast), which finds where it gets too deep.
+C_COMPOSER_MAX_NESTING = 1000
+
+
+def _nesting_bound(text: str) -> int:
+    """A cheap upper bound on how deeply `text` nests: open flow brackets, plus what one line can
+    open in block style (indentation, `- `, `? ` and `: ` indicators). Brackets in strings and
+    comments count too; overcounting only costs one extra pass over the events."""
+    flow = 0
+    worst = 0
+    for line in text.splitlines():
+        body = line.lstrip()
+        opened = body.count("[") + body.count("{")
+        block = 2 * (len(line) - len(body)) + body.count("- ") + body.count("? ")
+        block += body.count(": ") + body.count(":\t") + 1
+        worst = max(worst, flow + opened + block)
+        flow = max(0, flow + opened - body.count("]") - body.count("}"))
+    return worst
+
+
+def _too_deep_at(text: str) -> tuple[int, int] | None:
+    """1-based line and column of the first value nested deeper than MAX_DEPTH, found without
+    composing; None when nothing is (or the C parser is missing or stops at an error first,
+    which it does before nesting any deeper)."""
+    try:
+        from ruamel.yaml.cyaml import CParser
+    except ImportError:  # no ruamel.yaml.clib: the pure parser's RecursionError still guards
+        return None
+    parser = CParser(text)
+    depth = 0
+    try:
+        while True:
+            event = parser.get_event()
+            if event is None or isinstance(event, StreamEndEvent):
+                return None
+            if isinstance(event, CollectionEndEvent):
+                depth -= 1
+                continue
+            if isinstance(event, NodeEvent) and depth > MAX_DEPTH:
+                mark = event.start_mark
+                return mark.line + 1, mark.column + 1
+            if isinstance(event, CollectionStartEvent):
+                depth += 1
+    except YAMLError:
+        return None
+    finally:
+        parser.dispose()
+
+
 def _compose(text: str) -> Node | None:
     """Compose with the C parser (ruamel.yaml.clib) when present, about ten times faster; it
     follows YAML 1.1 (libyaml), so what it refuses is tried again by the pure YAML 1.2 parser,
     whose verdict and error positions are the ones reported."""
+    if _nesting_bound(text) > C_COMPOSER_MAX_NESTING:
+        where = _too_deep_at(text)
+        if where is not None:
+            raise _TooDeep(*where)
     try:
         fast: Node | None = YAML(typ="safe").compose(text)
         return fast
@@ -177,6 +238,13 @@ def _compose(text: str) -> Node | None:
         pass
     exact: Node | None = YAML(typ="safe", pure=True).compose(text)
     return exact
+
+
+class _TooDeep(Exception):
+    def __init__(self, line: int, col: int) -> None:
+        super().__init__(f"too deep at {line}:{col}")
+        self.line = line
+        self.col = col
 
 
 def _position(text: str, offset: int) -> tuple[int, int]:
