@@ -1,0 +1,624 @@
+"""Hostile input: every command refuses a bad manifest the same way, and payloads stay data.
+
+Part 1 (fast). Every manifest in tests/manifests/invalid, the hostile files built here (empty,
+UTF-16, a 50 MB file, alias bombs, deep nesting, ...) and hypothesis mutants are refused by
+`validate`, `run`, `compile`, `plan` and `apply` (and `graph`, `resume`, `delete`) alike: exit 1,
+the diagnostics `validate` prints, no traceback, and nothing written or contacted first. Every
+command runs in an empty sandbox folder that must stay empty (no compiled file, no datastore, no
+local server state), and PREFECT_API_URL names a closed loopback port, so a command that reached
+for the server would exit 3, not 1. The bulk runs in-process through click's CliRunner (the
+command group maps mfprefect's errors to exit codes itself, so CliRunner sees what the process
+would exit with); a sample, and the huge files, run as real processes under a 1 GiB memory cap.
+
+Part 2 (slow). A valid manifest carrying shell, Python, Jinja, Prefect-template and format-string
+payloads in every free-text field goes through validate, graph, compile (and the compiled file),
+run, plan and apply against a real Prefect server and worker. No marker file appears anywhere,
+`{{ 7*7 }}` never becomes 49, and every payload arrives as the literal string it was.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import io
+import json
+import os
+import re
+import resource
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner, Result
+from conftest import EXAMPLES
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from mfprefect import yamlsafe
+from mfprefect.cli import cli
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+CORPUS = HERE / "manifests" / "invalid"
+LINEAR = EXAMPLES / "linear_flow.yaml"
+
+# The five commands the issue names, then three more that read manifests the same way.
+COMMANDS: dict[str, list[str]] = {
+    "validate": ["validate", "{m}"],
+    "run": ["run", "{m}"],
+    "compile": ["compile", "{m}", "out.py"],
+    "plan": ["plan", "{m}"],
+    "apply": ["apply", "{m}"],
+}
+MORE_COMMANDS: dict[str, list[str]] = {
+    "graph": ["graph", "{m}"],
+    "resume": ["resume", "{m}", "--clone-run-id", "prefect-0"],
+    "delete": ["delete", "{m}"],
+    "plan-json": ["plan", "--output", "json", "{m}"],
+    "apply-prune": ["apply", "--prune", "--adopt", "{m}"],
+    "apply-dry-run": ["apply", "--dry-run", "{m}"],
+}
+
+TEXT_LINE = re.compile(r"^[^\n]+?:\d+:\d+: (error|warning)\[[a-z0-9_.-]+\] .+$")
+
+
+def _args(template: list[str], manifest: str) -> list[str]:
+    return [manifest if part == "{m}" else part for part in template]
+
+
+@pytest.fixture(scope="module")
+def closed_port() -> Iterator[int]:
+    """A loopback port that refuses connections: bound by us, never listening."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    try:
+        yield sock.getsockname()[1]
+    finally:
+        sock.close()
+
+
+class Sandbox:
+    """An empty working folder and an environment that sends every side effect into it."""
+
+    def __init__(self, folder: Path, port: int) -> None:
+        self.folder = folder
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.env = {
+            "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
+            "PREFECT_HOME": str(folder / "prefect-home"),
+            "MFPREFECT_HOME": str(folder / "mfprefect-home"),
+            "METAFLOW_HOME": str(folder / "metaflow-home"),
+            "METAFLOW_DATASTORE_SYSROOT_LOCAL": str(folder / "datastore"),
+            "USER": "mfp-test-user",
+            "USERNAME": "mfp-test-user",
+        }
+
+    def written(self) -> list[str]:
+        return sorted(str(p.relative_to(self.folder)) for p in self.folder.rglob("*"))
+
+    def invoke(self, args: list[str]) -> Result:
+        """The command in this process, from the sandbox folder."""
+        previous = os.getcwd()
+        os.chdir(self.folder)
+        try:
+            return CliRunner().invoke(cli, args, env=self.env)
+        finally:
+            os.chdir(previous)
+
+    def process(
+        self, args: list[str], *, memory_bytes: int | None = None, timeout: float = 60
+    ) -> tuple[subprocess.CompletedProcess[str], float]:
+        """The command as a real process (optionally under an address-space cap); and its time."""
+
+        def cap() -> None:
+            if memory_bytes is not None:
+                resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
+
+        env = dict(os.environ, **self.env)
+        env.pop("MFPREFECT_DEBUG", None)
+        started = time.monotonic()
+        done = subprocess.run(
+            [sys.executable, "-m", "mfprefect.cli", *args],
+            cwd=self.folder,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            preexec_fn=cap,
+        )
+        return done, time.monotonic() - started
+
+
+@pytest.fixture
+def sandbox(tmp_path: Path, closed_port: int) -> Sandbox:
+    return Sandbox(tmp_path / "sandbox", closed_port)
+
+
+def _no_crash(output: str) -> None:
+    assert "Traceback" not in output and "internal error" not in output, output[-2000:]
+
+
+def _diagnostics_of_validate(result: Result) -> str:
+    assert isinstance(result.exception, SystemExit), result.exc_info
+    assert result.exit_code == 1, result.output
+    lines = result.stdout.splitlines()
+    assert lines and all(TEXT_LINE.match(line) for line in lines), result.stdout
+    return result.stdout
+
+
+def _refused_alike(sandbox: Sandbox, manifest: str, commands: dict[str, list[str]]) -> str:
+    """Every command exits 1 with validate's diagnostics first, in-process; nothing written."""
+    expected = _diagnostics_of_validate(sandbox.invoke(["validate", manifest]))
+    for name, template in commands.items():
+        if name == "validate":
+            continue
+        result = sandbox.invoke(_args(template, manifest))
+        where = f"{name} {manifest}"
+        # Anything but SystemExit is an exception escaping the command: a crash.
+        assert isinstance(result.exception, SystemExit), (where, result.exc_info)
+        assert result.exit_code == 1, (where, result.output[-2000:])
+        assert result.stderr.startswith(expected), (where, expected, result.stderr[-2000:])
+        assert "mfprefect: error:" in result.stderr, where
+        assert name == "plan-json" or result.stdout == "", (where, result.stdout)
+        _no_crash(result.output)
+        assert sandbox.written() == [], (where, sandbox.written())
+    return expected
+
+
+def _corpus() -> list[Path]:
+    return sorted(CORPUS.glob("*.yaml"))
+
+
+# ---------------------------------------------------------------------------------------------
+# The committed corpus, in-process
+
+
+def test_corpus_covers_every_kind_of_hostile_input() -> None:
+    stems = [p.stem for p in _corpus()]
+    for prefix in (
+        "type_",
+        "unknown_",
+        "missing_",
+        "yaml_duplicate",
+        "yaml_alias_bomb",
+        "yaml_recursive_alias",
+        "yaml_too_deep",
+        "encoding_",
+        "graph_cycle",
+        "graph_dangling",
+        "inject_",
+        "range_huge",
+        "yaml_number_too_long",
+        "range_negative_timeout",
+        "range_negative_workflow_timeout",
+        "cron_",
+        "inject_cron",
+        "timezone_",
+    ):
+        assert any(stem.startswith(prefix) for stem in stems), prefix
+    payloads = b"".join(p.read_bytes() for p in _corpus() if p.stem.startswith("inject_"))
+    for needle in (b"$(", b"`", b"'", b"\\n", b"__import__", b"{{"):
+        assert needle in payloads, needle
+
+
+@pytest.mark.parametrize("path", _corpus(), ids=lambda p: p.stem)
+def test_corpus_is_refused_alike_by_every_command(path: Path, sandbox: Sandbox) -> None:
+    _refused_alike(sandbox, str(path), {**COMMANDS, **MORE_COMMANDS})
+
+
+def test_a_folder_with_one_bad_manifest_applies_nothing(sandbox: Sandbox, tmp_path: Path) -> None:
+    """plan/apply of many manifests: one invalid file and none is applied (no server contact)."""
+    folder = tmp_path / "manifests"
+    folder.mkdir()
+    good = LINEAR.read_text(encoding="utf-8").replace("work_pool: null", "work_pool: pool")
+    good = good.replace(
+        "file: linear_flow.py", f"file: {os.path.relpath(EXAMPLES, folder)}/linear_flow.py"
+    )
+    (folder / "a_good.yaml").write_text(good, encoding="utf-8")
+    shutil.copy(CORPUS / "graph_cycle_through_linear.yaml", folder / "b_bad.yaml")
+    expected = _refused_alike(
+        sandbox, str(folder), {"plan": COMMANDS["plan"], "apply": COMMANDS["apply"]}
+    )
+    assert "b_bad.yaml" in expected and "a_good.yaml" not in expected
+
+
+# ---------------------------------------------------------------------------------------------
+# Hostile files built here (too big, binary or odd to commit)
+
+
+def _linear(old: str = "", new: str = "") -> str:
+    text = LINEAR.read_text(encoding="utf-8").replace(
+        "file: linear_flow.py", "file: ../linear_flow.py"
+    )
+    if old:
+        assert old in text
+        text = text.replace(old, new, 1)
+    return text
+
+
+def _alias_bomb(levels: int = 9) -> str:
+    lines = ['a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    for i in range(1, levels):
+        prev, cur = chr(ord("a") + i - 1), chr(ord("a") + i)
+        lines.append(f"{cur}: &{cur} [" + ", ".join([f"*{prev}"] * 9) + "]")
+    return "\n".join(lines) + "\n"
+
+
+def _fifty_megabytes(path: Path) -> None:
+    """A real 50 MB manifest (not sparse): a valid file with a 50 MB step doc."""
+    head, tail = _linear().split("    doc: Double the value and record a label.\n")
+    chunk = ("      " + "lorem ipsum dolor sit amet " * 4 + "\n") * 1000
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write(head + "    doc: >-\n")
+        while handle.tell() < 50 * 1024 * 1024:
+            handle.write(chunk)
+        handle.write(tail)
+
+
+BUILT: dict[str, Callable[[Path], None]] = {
+    "empty": lambda p: p.write_bytes(b""),
+    "comments_only": lambda p: p.write_bytes(b"# nothing here\n\n  # at all\n"),
+    "whitespace_only": lambda p: p.write_bytes(b"  \n\t\n   \n"),
+    "utf16": lambda p: p.write_bytes(_linear().encode("utf-16")),
+    "utf8_bom_then_latin1": lambda p: p.write_bytes(
+        b"\xef\xbb\xbf" + _linear("Double the value", "Double the caf\xe9").encode("latin-1")
+    ),
+    "nul_byte": lambda p: p.write_bytes(_linear("Record the final", "Record\x00 the").encode()),
+    "lone_surrogate_key": lambda p: p.write_text(
+        _linear("kind: Pipeline\n", 'kind: Pipeline\n"\\ud800": 1\n'), encoding="utf-8"
+    ),
+    "binary_garbage": lambda p: p.write_bytes(bytes(range(256)) * 64),
+    "six_megabytes": lambda p: p.write_bytes(
+        _linear().encode() + b"# padding padding padding padding\n" * (200 * 1024)
+    ),
+    "fifty_megabytes": _fifty_megabytes,
+    "fifty_megabytes_sparse": lambda p: (
+        p.write_bytes(_linear().encode()),
+        os.truncate(p, 50 << 20),
+    ),
+    "alias_bomb": lambda p: p.write_text(_alias_bomb(), encoding="utf-8"),
+    "alias_bomb_in_manifest": lambda p: p.write_text(
+        _linear(
+            "configs: {}\n",
+            "configs:\n  bomb:\n    value:\n"
+            + "".join("      " + line + "\n" for line in _alias_bomb().splitlines()),
+        ),
+        encoding="utf-8",
+    ),
+    "recursive_alias": lambda p: p.write_text("a: &x [1, *x]\n", encoding="utf-8"),
+    "ten_thousand_brackets": lambda p: p.write_text("[" * 10_000, encoding="utf-8"),
+    # The C composer recursed on the C stack: 30,000 `[` crashed the process (SIGSEGV).
+    "thirty_thousand_brackets": lambda p: p.write_text("[" * 30_000, encoding="utf-8"),
+    "five_megabytes_of_brackets": lambda p: p.write_text("[" * (5 << 20), encoding="utf-8"),
+    "million_block_dashes": lambda p: p.write_text("- " * 1_000_000 + "x\n", encoding="utf-8"),
+    "hundred_thousand_flow_mappings_in_a_manifest": lambda p: p.write_text(
+        _linear("configs: {}\n", "configs:\n  c:\n    value: " + "{a: " * 100_000 + "\n"),
+        encoding="utf-8",
+    ),
+    "ten_thousand_mappings": lambda p: p.write_text(
+        "a: " + "{b: " * 10_000 + "}" * 10_000 + "\n", encoding="utf-8"
+    ),
+    "deep_block_nesting": lambda p: p.write_text(
+        _linear(
+            "configs: {}\n",
+            "configs:\n  c:\n    value:\n"
+            + "".join(" " * (6 + 2 * i) + f"k{i}:\n" for i in range(200))
+            + " " * 406
+            + "x: 1\n",
+        ),
+        encoding="utf-8",
+    ),
+    "multi_document": lambda p: p.write_text(_linear() + "---\n" + _linear(), encoding="utf-8"),
+    "python_object_tag": lambda p: p.write_text(
+        _linear("  labels: {}", "  labels: !!python/object/apply:os.system ['touch MARKER']"),
+        encoding="utf-8",
+    ),
+    "thirty_thousand_tags": lambda p: p.write_text(
+        _linear("  tags: []", "  tags: [" + ", ".join(f"t{i}" for i in range(30_000)) + "]"),
+        encoding="utf-8",
+    ),
+    "five_thousand_dangling_steps": lambda p: p.write_text(
+        _linear(
+            "schedule: null",
+            "".join(f"  step{i}: {{kind: linear, next: [gone{i}]}}\n" for i in range(5_000))
+            + "schedule: null",
+        ),
+        encoding="utf-8",
+    ),
+    "huge_integer_literal": lambda p: p.write_text(
+        _linear("  parallelism: 16", "  parallelism: " + "9" * 100_000), encoding="utf-8"
+    ),
+    "huge_exponent": lambda p: p.write_text(
+        _linear("  timeout_seconds: null", "  timeout_seconds: 1e99999999"), encoding="utf-8"
+    ),
+}
+# The ones that would exhaust memory or time if a guard were missing: also run as processes.
+HEAVY = (
+    "fifty_megabytes",
+    "fifty_megabytes_sparse",
+    "alias_bomb",
+    "alias_bomb_in_manifest",
+    "thirty_thousand_brackets",
+    "five_megabytes_of_brackets",
+    "million_block_dashes",
+    "huge_integer_literal",
+)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("built") / "manifests"
+    folder.mkdir()
+    shutil.copy(EXAMPLES / "linear_flow.py", folder.parent / "linear_flow.py")
+    out = {}
+    for name, make in BUILT.items():
+        make(folder / f"{name}.yaml")
+        out[name] = folder / f"{name}.yaml"
+    return out
+
+
+def test_the_fifty_megabyte_file_is_real(built: dict[str, Path]) -> None:
+    path = built["fifty_megabytes"]
+    assert path.stat().st_size >= 50 * 1024 * 1024
+    assert path.stat().st_blocks * 512 >= 50 * 1024 * 1024  # written, not sparse
+
+
+@pytest.mark.parametrize("name", list(BUILT))
+def test_built_file_is_refused_alike_by_every_command(
+    name: str, built: dict[str, Path], sandbox: Sandbox
+) -> None:
+    _refused_alike(sandbox, str(built[name]), COMMANDS)
+
+
+ONE_GIB = 1 << 30
+
+
+@pytest.mark.parametrize("name", HEAVY)
+def test_heavy_file_as_processes_in_bounded_memory_and_time(
+    name: str, built: dict[str, Path], sandbox: Sandbox
+) -> None:
+    manifest = str(built[name])
+    first, _ = sandbox.process(["validate", manifest], memory_bytes=ONE_GIB)
+    assert first.returncode == 1, first.stderr[-2000:]
+    for command, template in COMMANDS.items():
+        done, seconds = sandbox.process(_args(template, manifest), memory_bytes=ONE_GIB)
+        where = f"{command} {name}"
+        assert done.returncode == 1, (where, done.stderr[-2000:])
+        assert seconds < 20, (where, seconds)
+        stream = done.stdout if command == "validate" else done.stderr
+        assert stream.startswith(first.stdout), (where, stream[-2000:])
+        _no_crash(done.stdout + done.stderr)
+        assert sandbox.written() == [], (where, sandbox.written())
+
+
+# A representative sample of the committed corpus, as real processes: one per kind of problem.
+SAMPLE = (
+    "type_string_for_int",
+    "unknown_step_field_retriez",
+    "missing_step_kind",
+    "yaml_duplicate_key",
+    "yaml_alias_bomb",
+    "yaml_too_deep",
+    "encoding_latin1_byte",
+    "graph_cycle_through_linear",
+    "graph_dangling_next_middel",
+    "inject_step_name_subshell",
+    "range_huge_integer",
+    "inject_cron_subshell",
+)
+
+
+@pytest.mark.parametrize("stem", SAMPLE)
+def test_sample_as_processes(stem: str, sandbox: Sandbox) -> None:
+    manifest = str(CORPUS / f"{stem}.yaml")
+    first, _ = sandbox.process(["validate", manifest], memory_bytes=ONE_GIB)
+    assert first.returncode == 1 and first.stdout, first.stderr[-2000:]
+    for command, template in COMMANDS.items():
+        done, seconds = sandbox.process(_args(template, manifest), memory_bytes=ONE_GIB)
+        where = f"{command} {stem}"
+        assert done.returncode == 1, (where, done.stderr[-2000:])
+        stream = done.stdout if command == "validate" else done.stderr
+        assert stream.startswith(first.stdout), (where, stream[-2000:])
+        assert seconds < 20, (where, seconds)
+        _no_crash(done.stdout + done.stderr)
+        assert sandbox.written() == [], (where, sandbox.written())
+
+
+# ---------------------------------------------------------------------------------------------
+# Property: mutants of a valid manifest. Invalid ones are refused alike by every command; valid
+# ones compile to a file that holds them as data, and become a deployment without a crash.
+
+_BASE = yamlsafe.parse(
+    LINEAR.read_bytes().replace(b"work_pool: null", b"work_pool: pool"), "linear_flow.yaml"
+).data
+_BASE["parameters"] = {
+    "text": {"type": "str", "default": "x", "required": False, "help": "A string."},
+    "blob": {"type": "json", "default": {"k": 1}, "required": False, "help": None},
+}
+_BASE["configs"] = {"cfg": {"value": {"a": 1}}}
+_BASE["deployment"]["environment"] = {"DEPLOY_VAR": "v"}
+_BASE["steps"]["start"]["environment"] = {"STEP_VAR": "v"}
+# Where free text (or, for json parameters and configs, any JSON value) is valid.
+_FREE_TEXT = (
+    ("flow", "description"),
+    ("metadata", "labels", "team"),
+    ("parameters", "text", "default"),
+    ("parameters", "text", "help"),
+    ("parameters", "blob", "help"),
+    ("steps", "middle", "doc"),
+    ("deployment", "environment", "DEPLOY_VAR"),
+    ("steps", "start", "environment", "STEP_VAR"),
+    ("runtime", "datastore_root"),
+)
+_ANY_JSON = (("parameters", "blob", "default"), ("configs", "cfg", "value"))
+
+_HOSTILE_TEXT = st.sampled_from(
+    [
+        "$(touch MARKER)",
+        "`touch MARKER`",
+        "'; touch MARKER; '",
+        "__import__('os').system('touch MARKER')",
+        "{{ 7*7 }}",
+        "{{ prefect.variables.x }}",
+        "x\nimport os; os.system('touch MARKER')",
+        "%(prog)s %s {0} {}",
+        "100% sure",
+        "--help",
+        "a" * 70_000,
+        "\u202e\u200b",
+        "end",
+        "start",
+    ]
+)
+_SCALARS = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(10**40), max_value=10**40),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=12),
+    _HOSTILE_TEXT,
+)
+_VALUES = st.recursive(
+    _SCALARS,
+    lambda children: st.one_of(
+        st.lists(children, max_size=3),
+        st.dictionaries(st.one_of(st.text(max_size=6), _HOSTILE_TEXT), children, max_size=3),
+    ),
+    max_leaves=8,
+)
+
+
+def _containers(data: Any, path: tuple = ()) -> Iterator[tuple[tuple, Any]]:
+    yield path, data
+    items = data.items() if isinstance(data, dict) else enumerate(data)
+    for key, value in items:
+        if isinstance(value, (dict, list)):
+            yield from _containers(value, path + (key,))
+
+
+@st.composite
+def _mutants(draw: st.DrawFn) -> Any:
+    data = json.loads(json.dumps(_BASE))
+    for _ in range(draw(st.integers(min_value=1, max_value=3))):
+        _, target = draw(st.sampled_from(list(_containers(data))))
+        keys = list(target) if isinstance(target, dict) else list(range(len(target)))
+        action = draw(st.sampled_from(["delete", "replace", "rename", "insert"]))
+        if action == "insert" or not keys:
+            if isinstance(target, dict):
+                target[draw(st.one_of(st.text(max_size=8), _HOSTILE_TEXT))] = draw(_VALUES)
+            else:
+                target.append(draw(_VALUES))
+            continue
+        key = draw(st.sampled_from(keys))
+        if action == "delete":
+            del target[key]
+        elif action == "replace" or not isinstance(target, dict):
+            target[key] = draw(_VALUES)
+        else:
+            target[draw(_HOSTILE_TEXT)] = target.pop(key)
+    return data
+
+
+@st.composite
+def _payloads(draw: st.DrawFn) -> Any:
+    """Mostly valid mutants: hostile text where free text goes, hostile JSON in json slots."""
+    data = json.loads(json.dumps(_BASE))
+    for path in draw(st.lists(st.sampled_from(_FREE_TEXT + _ANY_JSON), min_size=1, max_size=6)):
+        *parents, last = path
+        target = data
+        for part in parents:
+            target = target[part]
+        if path in _ANY_JSON:
+            target[last] = draw(
+                st.one_of(_VALUES, st.just({"__prefect_kind": "jinja", "template": "{{ 7*7 }}"}))
+            )
+        elif path == ("deployment", "tags"):
+            target[last] = draw(st.lists(_HOSTILE_TEXT, max_size=3))
+        else:
+            target[last] = draw(st.one_of(_HOSTILE_TEXT, st.text(max_size=20)))
+    if draw(st.booleans()):
+        data["deployment"]["tags"] = draw(st.lists(_HOSTILE_TEXT, max_size=3, unique=True))
+    return data
+
+
+def _only_data(compiled: str) -> None:
+    """A compiled file calls json.loads, main and sys.exit: the manifest is one string literal."""
+    calls = [node.func for node in ast.walk(ast.parse(compiled)) if isinstance(node, ast.Call)]
+    named = sorted(f.attr if isinstance(f, ast.Attribute) else f.id for f in calls)  # type: ignore[attr-defined]
+    assert named == ["exit", "loads", "main"], named
+
+
+@settings(
+    max_examples=120,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(st.one_of(_mutants(), _payloads()))
+def test_mutants_are_refused_alike_or_compile_as_data(closed_port: int, data: Any) -> None:
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = Path(scratch)
+        manifest = folder / "mutant.yaml"
+        manifest.write_text(json.dumps(data), encoding="utf-8")
+        box = Sandbox(folder / "sandbox", closed_port)
+        checked = box.invoke(["validate", str(manifest)])
+        assert checked.exception is None or isinstance(checked.exception, SystemExit), (
+            checked.exc_info
+        )
+        if checked.exit_code == 1:
+            _refused_alike(box, str(manifest), COMMANDS)
+            return
+        assert checked.exit_code == 0, checked.output
+        # Valid: compile holds it as data; the deployment it becomes is built without a crash.
+        compiled = box.invoke(["compile", str(manifest), "out.py"])
+        assert compiled.exit_code == 0, (compiled.output, compiled.exc_info)
+        text = (box.folder / "out.py").read_text(encoding="utf-8")
+        _only_data(text)
+        carried = json.loads(ast.literal_eval(re.search(r"json\.loads\((.*)\)\n", text).group(1)))  # type: ignore[union-attr]
+        carried["flow"]["file"] = data["flow"]["file"]
+        assert carried == data
+        # The compiled file's own command line takes any help text.
+        from mfprefect.compile import main as compiled_main
+
+        shown = io.StringIO()
+        with contextlib.redirect_stdout(shown), pytest.raises(SystemExit) as exited:
+            compiled_main(carried, str(box.folder / "out.py"), ["--help"])
+        assert exited.value.code == 0, shown.getvalue()
+        from mfprefect.cli import desired_deployments
+        from mfprefect.errors import UsageError
+
+        with contextlib.suppress(UsageError):
+            desired_deployments((str(manifest),))
+
+
+def test_compiled_file_keeps_odd_names_and_help_text_as_data(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """Output names that could end a docstring or break an escape, and help text that argparse
+    would read as %-format, still give a file that parses, holds the data, and answers --help."""
+    help_text = "100% sure; %(prog)s %s {0} \"\"\" \\N{x} '''"
+    text = _linear().replace(
+        "parameters: {}",
+        "parameters:\n  text:\n    type: str\n"
+        f"    default: x\n    required: false\n    help: {json.dumps(help_text)}",
+    )
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text(text, encoding="utf-8")
+    shutil.copy(EXAMPLES / "linear_flow.py", tmp_path.parent / "linear_flow.py")
+    for name in ("out\\N.py", 'out""".py', 'out".py', "out%s.py"):
+        result = sandbox.invoke(["compile", str(manifest), name])
+        assert result.exit_code == 0, (name, result.output)
+        compiled = sandbox.folder / name
+        _only_data(compiled.read_text(encoding="utf-8"))
+        shown = subprocess.run(
+            [sys.executable, str(compiled), "--help"], capture_output=True, text=True, timeout=60
+        )
+        assert shown.returncode == 0, (name, shown.stderr[-2000:])
+        assert "100% sure; %(prog)s %s {0}" in " ".join(shown.stdout.split()), shown.stdout
+        compiled.unlink()
