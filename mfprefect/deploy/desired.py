@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import UsageError
+from ..errors import ManifestError, UsageError
 from ..manifest import EventTrigger, FlowFinishedTrigger, Manifest
 
 OWNER_TAG = "mfprefect"
@@ -102,6 +102,23 @@ def decode_manifest(blob: str) -> dict[str, Any]:
     return decoded
 
 
+def prefect_would_render(value: Any) -> bool:
+    """Whether Prefect would rewrite `value` as a deployment parameter: the server "hydrates"
+    parameters when it stores a deployment update and when it makes a flow run, rendering any
+    mapping with a `__prefect_kind` key (a Jinja template, a workspace variable, JSON text).
+    Such a default would not reach the flow as the data it is, so it is never sent; the flow
+    takes it from the manifest it carries instead."""
+    if isinstance(value, dict):
+        return "__prefect_kind" in value or any(prefect_would_render(v) for v in value.values())
+    if isinstance(value, list):
+        return any(prefect_would_render(v) for v in value)
+    return False
+
+
+def _sent_default(default: Any) -> bool:
+    return default is not None and not prefect_would_render(default)
+
+
 def openapi_schema(manifest: Manifest) -> dict[str, Any]:
     """The deployment's parameter schema, as Prefect shows and checks it."""
     properties: dict[str, Any] = {}
@@ -112,7 +129,7 @@ def openapi_schema(manifest: Manifest) -> dict[str, Any]:
             prop["type"] = _JSON_TYPES[spec.type]
         if spec.help:
             prop["description"] = spec.help
-        if spec.default is not None:
+        if _sent_default(spec.default):
             prop["default"] = spec.default
         properties[parameter_key(name)] = prop
         if spec.required and spec.default is None:
@@ -136,6 +153,14 @@ def deployment_for(manifest: Manifest, data: Mapping[str, Any]) -> DeploymentSpe
             hint="set it in the manifest, or export with --work-pool",
         )
     flow_file = manifest.flow_path()
+    if "{{" in str(flow_file.parent):
+        # The worker's pull step fills `{{ ... }}` in its directory from step outputs, Prefect
+        # variables, blocks and the worker's environment (`{{ $AWS_SECRET_ACCESS_KEY }}`).
+        raise ManifestError(
+            f"{manifest.path or manifest.name}: the flow's folder {flow_file.parent} holds `{{{{`, "
+            "which Prefect would read as a template on the worker",
+            hint="keep the flow (and the checkout) in a folder whose path has no `{{`",
+        )
     carried = json.loads(json.dumps(data))
     # The worker runs in the flow's folder, so the flow file is named relative to it.
     carried["flow"]["file"] = flow_file.name
@@ -152,7 +177,7 @@ def deployment_for(manifest: Manifest, data: Mapping[str, Any]) -> DeploymentSpe
         "parameters": {
             parameter_key(n): s.default
             for n, s in manifest.parameters.items()
-            if s.default is not None
+            if _sent_default(s.default)
         },
         "parameter_openapi_schema": openapi_schema(manifest),
         # Automations pass payload fields as text; the deployed flow types them (see deployed.py).
