@@ -7,6 +7,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..diagnostics import printable
 from .desired import (
     MANIFEST_ENV,
     OWNER_TAG,
@@ -115,10 +116,13 @@ class Plan:
                 continue
             lines.append(f"{marker} {change.action} deployment {change.key}")
             for item in change.changes:
+                # Field names can hold manifest keys (a config value's own keys): one line each,
+                # so a key cannot forge plan lines or terminal escapes in a reviewed CI log.
+                name = printable(item.field)
                 if change.action == "create":
-                    lines.append(f"    {item.field}: {_short(item.new)}")
+                    lines.append(f"    {name}: {_short(item.new)}")
                 elif change.action == "update":
-                    lines.append(f"    {item.field}: {_short(item.old)} -> {_short(item.new)}")
+                    lines.append(f"    {name}: {_short(item.old)} -> {_short(item.new)}")
         lines.append(self.summary())
         return "\n".join(lines)
 
