@@ -622,3 +622,75 @@ def test_compiled_file_keeps_odd_names_and_help_text_as_data(
         assert shown.returncode == 0, (name, shown.stderr[-2000:])
         assert "100% sure; %(prog)s %s {0}" in " ".join(shown.stdout.split()), shown.stdout
         compiled.unlink()
+
+
+# ---------------------------------------------------------------------------------------------
+# Values Prefect itself would interpret: kept out of what it interprets (fast, no server)
+
+
+def _deployable(tmp_path: Path, **changes: Any) -> tuple[Path, dict[str, Any]]:
+    folder = tmp_path / "flows"
+    folder.mkdir(exist_ok=True)
+    shutil.copy(EXAMPLES / "linear_flow.py", folder / "linear_flow.py")
+    data = json.loads(json.dumps(_BASE))
+    for dotted, value in changes.items():
+        *parents, last = dotted.split("__")
+        target = data
+        for part in parents:
+            target = target[part]
+        target[last] = value
+    manifest = folder / "m.yaml"
+    manifest.write_text(json.dumps(data), encoding="utf-8")
+    return manifest, data
+
+
+def test_defaults_prefect_would_render_are_not_sent_to_it(tmp_path: Path) -> None:
+    """Prefect renders `{"__prefect_kind": "jinja", ...}` in deployment parameters (a flow run
+    from the deployment got "49" for it): such a default stays in the carried manifest only."""
+    from mfprefect.deploy.desired import deployment_for
+    from mfprefect.manifest import from_data
+
+    template = {"__prefect_kind": "jinja", "template": "{{ 7*7 }}"}
+    nested = {"a": [1, {"__prefect_kind": "workspace_variable", "variable_name": "db"}]}
+    for default in (template, nested):
+        manifest, data = _deployable(tmp_path, parameters__blob__default=default)
+        spec = deployment_for(from_data(data, str(manifest)), data)
+        assert "blob" not in spec.fields["parameters"]
+        assert spec.fields["parameters"]["text"] == "x"
+        blob_schema = spec.fields["parameter_openapi_schema"]["properties"]["blob"]
+        assert "default" not in blob_schema
+        assert spec.manifest["parameters"]["blob"]["default"] == default
+
+
+def test_plan_text_keeps_manifest_keys_on_one_line(tmp_path: Path) -> None:
+    from mfprefect.deploy.desired import MANIFEST_ENV, deployment_for, encode_manifest
+    from mfprefect.deploy.plan import LiveDeployment, plan
+    from mfprefect.manifest import from_data
+
+    forged = "x\n+ create deployment Evil/evil\n\x1b[2J"
+    old_path, old = _deployable(tmp_path)
+    before = deployment_for(from_data(old, str(old_path)), old)
+    manifest, data = _deployable(tmp_path, configs__cfg__value={forged: 1})
+    spec = deployment_for(from_data(data, str(manifest)), data)
+    live_fields = dict(before.fields)
+    live_fields["job_variables"] = {"env": {MANIFEST_ENV: encode_manifest(before.manifest)}}
+    live = LiveDeployment("id", spec.flow_name, spec.name, live_fields)
+    text = plan([spec], [live]).text()
+    assert not [line for line in text.splitlines() if line.startswith("+ create")], text
+    assert "\x1b" not in text
+    assert "manifest.configs.cfg.value.x\\x0a+ create deployment Evil/evil\\x0a\\x1b[2J" in text
+
+
+def test_flow_folder_prefect_would_template_is_refused(sandbox: Sandbox, tmp_path: Path) -> None:
+    """A pull step's directory is a Prefect template on the worker: `{{ $SECRET }}` in the flow's
+    path would be filled from the worker's environment. plan/apply refuse, before any server."""
+    folder = tmp_path / "{{ $AWS_SECRET_ACCESS_KEY }}"
+    folder.mkdir()
+    shutil.copy(EXAMPLES / "linear_flow.py", folder / "linear_flow.py")
+    manifest = folder / "m.yaml"
+    manifest.write_text(json.dumps(_BASE), encoding="utf-8")
+    for command in (["plan", str(manifest)], ["apply", str(manifest)]):
+        result = sandbox.invoke(command)
+        assert result.exit_code == 1, result.output
+        assert "would read as a template" in result.stderr
+        assert sandbox.written() == []
