@@ -78,11 +78,13 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def _processes_with(marker: str) -> list[int]:
-    """Live processes whose environment holds `marker` (zygotes and exec'd steps of one test)."""
+def _processes_with(marker: str, server: dict[str, str]) -> list[int]:
+    """Live processes whose environment holds `marker` (zygotes and exec'd steps of one test),
+    except the runner itself, which a test's command may have started with its environment."""
     found = []
+    skip = {os.getpid(), _runner_pid(server)}
     for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
+        if not entry.isdigit() or int(entry) in skip:
             continue
         try:
             with open(f"/proc/{entry}/environ", "rb") as handle:
@@ -244,9 +246,25 @@ def test_killing_the_command_stops_every_step_and_resume_finishes(
     command.send_signal(signal.SIGKILL)
     command.wait()
     assert not _wait_gone(step_pids), "a step process outlived the command"
-    assert not _wait_gone(_processes_with(f"MFP_TEST_MARK={tmp_path}"))
+    assert not _wait_gone(_processes_with(f"MFP_TEST_MARK={tmp_path}", server))
     env.pop("FAULT_MODE")
     _resume_finishes(env, tmp_path, _run_id(output.read_text()))
+
+
+def test_ctrl_c_stops_the_run_and_its_steps(server: dict[str, str], tmp_path: Path) -> None:
+    env = _env(server, tmp_path, FAULT_MODE="hang", MFP_TEST_MARK=str(tmp_path))
+    command, step_pids, output = _start_hanging_run(env, tmp_path)
+    command.send_signal(signal.SIGINT)
+    assert command.wait(timeout=30) == 3
+    text = output.read_text()
+    assert text.strip().splitlines()[-2:] == [
+        "mfprefect: interrupted: the run's steps were stopped",
+        "`resume` the run to finish it",
+    ]
+    assert "Traceback" not in text.split("interrupted; stopping")[-1]
+    # The command waited for the steps to be stopped before it returned.
+    assert not [p for p in step_pids if _alive(p)]
+    assert not _wait_gone(_processes_with(f"MFP_TEST_MARK={tmp_path}", server))
 
 
 def test_killing_the_runner_mid_run_fails_clearly_and_resume_finishes(
@@ -266,7 +284,7 @@ def test_killing_the_runner_mid_run_fails_clearly_and_resume_finishes(
     text = output.read_text()
     assert "the local runner stopped before the run finished" in text, text[-3000:]
     assert not _wait_gone(step_pids), "a step process outlived the runner"
-    assert not _wait_gone(_processes_with(f"MFP_TEST_MARK={tmp_path}"))
+    assert not _wait_gone(_processes_with(f"MFP_TEST_MARK={tmp_path}", server))
     env.pop("FAULT_MODE")
     _resume_finishes(env, tmp_path, _run_id(text))
 

@@ -47,6 +47,8 @@ IDLE_ENV = "MFPREFECT_RUNNER_IDLE_SECONDS"
 DEFAULT_IDLE_SECONDS = 30 * 60
 START_TIMEOUT_SECONDS = 30.0
 CHECK_SECONDS = 2.0
+# After Ctrl-C, how long the command waits for the run to stop its steps.
+STOP_WAIT_SECONDS = 20.0
 _MAX_REQUEST = 64 * 1024 * 1024
 
 Echo = Callable[[str], None]
@@ -164,12 +166,20 @@ def run(
         payload = (json.dumps(request) + "\n").encode()
         conn.sendall(payload[:-1])
         socket.send_fds(conn, [payload[-1:]], [sys.stdout.fileno(), sys.stderr.fileno()])
-        answer = b""
-        while True:
-            data = conn.recv(65536)
-            if not data:
-                break
-            answer += data
+        try:
+            answer = _read_all(conn)
+        except KeyboardInterrupt:
+            # Ctrl-C: tell the run to stop, and wait (a little) while it stops its steps.
+            echo("mfprefect: interrupted; stopping the run's steps ...")
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_WR)
+            conn.settimeout(STOP_WAIT_SECONDS)
+            with contextlib.suppress(OSError):
+                _read_all(conn)
+            raise RuntimeFailure(
+                "interrupted: the run's steps were stopped",
+                hint="`resume` the run to finish it",
+            ) from None
     finally:
         conn.close()
     if not answer.strip():
@@ -181,6 +191,15 @@ def run(
     if "error" in reply:
         raise _error(reply["error"])
     return RunSummary(reply["pathspec"], reply.get("flow_run_id"))
+
+
+def _read_all(conn: socket.socket) -> bytes:
+    answer = b""
+    while True:
+        data = conn.recv(65536)
+        if not data:
+            return answer
+        answer += data
 
 
 def _error(error: Mapping[str, Any]) -> MfprefectError:
@@ -437,6 +456,9 @@ def _run_request(request: Mapping[str, Any], conn: socket.socket) -> dict[str, A
         )
     except MfprefectError as exc:
         return {"error": {"exit_code": exc.exit_code, "message": exc.message, "hint": exc.hint}}
+    except KeyboardInterrupt:
+        message = "the command was interrupted; the run's steps were stopped"
+        return {"error": {"exit_code": 3, "message": message, "hint": None}}
     finally:
         finished.set()
         signal.signal(signal.SIGINT, signal.SIG_IGN)
