@@ -694,3 +694,211 @@ def test_flow_folder_prefect_would_template_is_refused(sandbox: Sandbox, tmp_pat
         assert result.exit_code == 1, result.output
         assert "would read as a template" in result.stderr
         assert sandbox.written() == []
+
+
+# ---------------------------------------------------------------------------------------------
+# Part 2: a valid manifest full of payloads, through every command against a real server
+
+POOL = "mfp-hostile-pool"
+CANARY_VARIABLE = "mfp_canary"
+CANARY = "CANARY-9f3b1e"  # a Prefect variable's value: it shows only if a template was resolved
+
+
+def _payloads(markers: Path) -> list[str]:
+    """Shell, Python, Jinja, Prefect-template, format-string and argv payloads. Each would touch
+    a MARKER file if anything ran it (by absolute path, and relative to whatever folder it ran)."""
+
+    def touch(n: int) -> str:
+        return f"touch {markers / f'MARKER{n}'} MARKER{n}"
+
+    return [
+        f"$(touch {markers / 'MARKER1'})",
+        f"`{touch(2)}`",
+        f"'; {touch(3)}; '",
+        f'"; {touch(4)}; "',
+        f"__import__('os').system('{touch(5)}')",
+        "{{ __import__('os').system('" + touch(6) + "') }}",
+        "{{ 7*7 }}",
+        "{{ cycler.__init__.__globals__.os.system('" + touch(7) + "') }}",
+        f"x\nimport os; os.system('{touch(8)}')\n",
+        "{{ prefect.variables." + CANARY_VARIABLE + " }} {{ $HOME }}",
+        "{0.__class__} %(prog)s %s 100%",
+        "--help",
+        f"x; {touch(9)} | {touch(10)} && {touch(11)}",
+        "${HOME} ${{ 7*7 }} #{7*7} <%= 7*7 %>",
+    ]
+
+
+def _no_markers(*roots: Path) -> None:
+    found = [p for root in roots if root.exists() for p in root.rglob("MARKER*")]
+    assert found == [], f"a payload ran: {found}"
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    from prefect_stack import api, prefect_stack
+
+    with prefect_stack(tmp_path_factory.mktemp("hostile-stack"), POOL) as env:
+        api(env, "POST", "/variables/", {"name": CANARY_VARIABLE, "value": CANARY})
+        yield env
+
+
+def _edit(manifest: Path, change: Callable[[Any], None]) -> None:
+    """Edit a manifest in place with ruamel.yaml's round trip (YAML quoting of the payloads)."""
+    from ruamel.yaml import YAML
+
+    yaml = YAML()
+    data = yaml.load(manifest.read_text(encoding="utf-8"))
+    change(data)
+    with open(manifest, "w", encoding="utf-8") as handle:
+        yaml.dump(data, handle)
+
+
+@pytest.mark.slow
+def test_injection_payloads_stay_inert_data_everywhere(
+    stack: dict[str, str], tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    from conftest import mfprefect, run
+    from prefect_stack import api, metaflow_data, metaflow_run_of, wait_flow_run
+
+    from mfprefect.deploy.desired import MANIFEST_ENV, decode_manifest
+
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    work = tmp_path / "work"  # every command's working folder
+    work.mkdir()
+    env = dict(stack)
+    payloads = _payloads(markers)
+    text = "\n".join(payloads)
+    template_default = {"__prefect_kind": "jinja", "template": "{{ 7*7 }}"}
+    blob = {
+        **template_default,
+        "text": text,
+        "nested": [{"__prefect_kind": "workspace_variable", "variable_name": CANARY_VARIABLE}],
+    }
+    config = {"note": text, "__prefect_kind": "jinja", "template": "{{ 7*7 }}"}
+    tags = [p.replace("\n", " ").strip()[:200] for p in payloads]  # a tag is one line, <= 200
+
+    shutil.copy(HERE / "flows" / "hostile_flow.py", work / "hostile_flow.py")
+    manifest = work / "hostile.yaml"
+    exported = mfprefect(
+        "export", "hostile_flow.py", "-o", str(manifest), "--work-pool", POOL, env=env, cwd=work
+    )
+    assert exported.returncode == 0, exported.stderr
+
+    def fill(data: Any) -> None:
+        data["flow"]["description"] = text
+        data["metadata"]["labels"] = {f"payload{i}": p for i, p in enumerate(payloads)}
+        data["parameters"]["text"]["default"] = text
+        data["parameters"]["text"]["help"] = text
+        data["parameters"]["blob"]["default"] = blob
+        data["configs"]["settings"]["value"] = config
+        for step in data["steps"].values():
+            step["doc"] = text
+        data["steps"]["start"]["environment"]["STEP_TEXT"] = text
+        data["deployment"]["environment"] = {"DEPLOY_TEXT": text}
+        data["deployment"]["tags"] = tags
+
+    _edit(manifest, fill)
+    outputs: dict[str, str] = {}
+
+    def command(name: str, *args: str, code: int = 0) -> subprocess.CompletedProcess[str]:
+        done = mfprefect(*args, env=env, cwd=work)
+        outputs[name] = done.stdout + done.stderr
+        assert done.returncode == code, (name, done.stderr[-3000:])
+        _no_crash(outputs[name])
+        return done
+
+    command("validate", "validate", str(manifest))
+    graph = command("graph", "graph", "--markdown", str(manifest))
+    assert graph.stdout.startswith("```mermaid\n")
+
+    # compile: the payloads sit inside one JSON string literal, and the file runs them as data.
+    compiled = work / "build" / "run_hostile.py"
+    command("compile", "compile", str(manifest), str(compiled))
+    body = compiled.read_text(encoding="utf-8")
+    _only_data(body)
+    carried = json.loads(ast.literal_eval(re.search(r"json\.loads\((.*)\)\n", body).group(1)))  # type: ignore[union-attr]
+    assert carried["parameters"]["text"]["default"] == text
+    assert carried["parameters"]["blob"]["default"] == blob
+    helped = run([sys.executable, str(compiled), "--help"], env=env, cwd=work)
+    assert helped.returncode == 0, helped.stderr[-3000:]
+    assert "{0.__class__} %(prog)s %s 100%" in " ".join(helped.stdout.split())
+
+    def check_run(pathspec: str) -> None:
+        seen = metaflow_data(
+            env,
+            pathspec,
+            "start",
+            ["seen_text", "seen_blob", "seen_step_env", "seen_deploy_env", "seen_config"],
+        )
+        assert seen["__successful"], pathspec
+        assert seen["seen_text"] == text
+        assert seen["seen_blob"] == blob  # not "49", not the canary
+        assert seen["seen_step_env"] == text
+        assert seen["seen_deploy_env"] == text
+        assert seen["seen_config"] == config
+        assert set(tags) <= set(seen["__tags"])
+
+    ran_compiled = run([sys.executable, str(compiled)], env=env, cwd=work)
+    outputs["compiled run"] = ran_compiled.stdout + ran_compiled.stderr
+    assert ran_compiled.returncode == 0, ran_compiled.stderr[-3000:]
+    check_run(re.search(r"run (\S+) completed", ran_compiled.stderr).group(1))  # type: ignore[union-attr]
+
+    ran = command("run", "run", str(manifest))
+    check_run(re.search(r"run (\S+) completed", ran.stderr).group(1))  # type: ignore[union-attr]
+
+    # plan, apply, and the deployment as Prefect stored it.
+    plan_json = command("plan json", "plan", "--output", "json", str(manifest), code=1)
+    (created,) = json.loads(plan_json.stdout)["changes"]
+    shown = {f["field"]: f["new"] for f in created["fields"]}
+    assert shown["parameters"] == {"text": text}
+    assert set(tags) <= set(shown["tags"])
+    command("plan", "plan", str(manifest), code=1)
+    command("apply", "apply", str(manifest))
+    deployment = api(env, "GET", "/deployments/name/HostileFlow/HostileFlow")
+    assert deployment["description"] == text
+    assert deployment["parameters"] == {"text": text}
+    assert set(tags) <= set(deployment["tags"])
+    assert "default" not in deployment["parameter_openapi_schema"]["properties"]["blob"]
+    stored = decode_manifest(deployment["job_variables"]["env"][MANIFEST_ENV])
+    assert stored["parameters"]["blob"]["default"] == blob
+    assert stored["configs"]["settings"]["value"] == config
+    assert stored["deployment"]["environment"]["DEPLOY_TEXT"] == text
+    assert command("plan again", "plan", str(manifest)).stdout.startswith("No changes")
+
+    # A run of the deployment, made by Prefect's server and run by the worker.
+    triggered = command("trigger", "trigger", "HostileFlow")
+    flow_run_id = triggered.stdout.strip().splitlines()[-1]
+    flow_run = wait_flow_run(env, flow_run_id)
+    assert flow_run["state"]["type"] == "COMPLETED", flow_run["state"]
+    assert flow_run["parameters"].get("text") == text and "blob" not in flow_run["parameters"]
+    check_run(metaflow_run_of(env, "HostileFlow", flow_run_id))
+    command("delete", "delete", str(manifest))
+
+    # Nothing ran, anywhere: no marker under any test folder, the stack's, the repository's.
+    _no_markers(tmp_path_factory.getbasetemp(), ROOT, Path(env["_HOME"]))
+    everything = "\n".join(outputs.values()) + json.dumps(deployment) + json.dumps(flow_run)
+    assert CANARY not in everything
+
+
+@pytest.mark.slow
+def test_invalid_manifests_change_nothing_on_a_real_server(
+    stack: dict[str, str], tmp_path: Path
+) -> None:
+    """With a live server named, every invalid manifest is still refused before it is used: no
+    flow, flow run or deployment appears, and the sandbox stays empty."""
+    from prefect_stack import api
+
+    def counts() -> dict[str, int]:
+        return {
+            kind: api(stack, "POST", f"/{kind}/count", {})
+            for kind in ("flows", "flow_runs", "deployments")
+        }
+
+    before = counts()
+    box = Sandbox(tmp_path / "sandbox", 0)
+    box.env.update(PREFECT_API_URL=stack["PREFECT_API_URL"], PREFECT_HOME=stack["PREFECT_HOME"])
+    for path in _corpus():
+        _refused_alike(box, str(path), COMMANDS)
+    assert counts() == before
