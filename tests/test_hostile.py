@@ -26,6 +26,7 @@ import os
 import re
 import resource
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -53,7 +54,7 @@ LINEAR = EXAMPLES / "linear_flow.yaml"
 COMMANDS: dict[str, list[str]] = {
     "validate": ["validate", "{m}"],
     "run": ["run", "{m}"],
-    "compile": ["compile", "{m}", "out.py"],
+    "compile": ["compile", "{m}", "build/out.py"],  # neither the file nor its folder may appear
     "plan": ["plan", "{m}"],
     "apply": ["apply", "{m}"],
 }
@@ -103,13 +104,21 @@ class Sandbox:
     def written(self) -> list[str]:
         return sorted(str(p.relative_to(self.folder)) for p in self.folder.rglob("*"))
 
-    def invoke(self, args: list[str]) -> Result:
-        """The command in this process, from the sandbox folder."""
+    def invoke(self, args: list[str], timeout: int = 30) -> Result:
+        """The command in this process, from the sandbox folder; a hang fails it (SIGALRM)."""
+
+        def hung(signum: int, frame: Any) -> None:
+            raise TimeoutError(f"mfprefect {' '.join(args)} ran for over {timeout} s")
+
         previous = os.getcwd()
+        handler = signal.signal(signal.SIGALRM, hung)
         os.chdir(self.folder)
+        signal.alarm(timeout)
         try:
             return CliRunner().invoke(cli, args, env=self.env)
         finally:
+            signal.alarm(0)
+            signal.signal(signal.SIGALRM, handler)
             os.chdir(previous)
 
     def process(
