@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..manifest import Manifest
@@ -89,6 +90,34 @@ class Datastore:
 
         ds.save_logs(RUNTIME_LOG_SOURCE, {"stdout": encode(stdout), "stderr": encode(stderr)})
 
+    def finish(
+        self,
+        pathspec: str,
+        attempt: int,
+        stdout: Sequence[str],
+        stderr: Sequence[str],
+        read: Sequence[str] = (),
+        names: bool = False,
+    ) -> TaskRecord:
+        """After a step process: save its logs, then read what the walk needs from its task."""
+        log_error = None
+        try:
+            self.save_logs(pathspec, attempt, stdout, stderr)
+        except OSError as exc:  # a full disk must not hide why the step itself failed
+            log_error = str(exc)
+        record = self.inspect(pathspec, attempt, read, names)
+        record.log_error = log_error
+        return record
+
+    def inspect(
+        self, pathspec: str, attempt: int, read: Sequence[str] = (), names: bool = False
+    ) -> TaskRecord:
+        """Whether the task finished, the artifacts in `read` and (with `names`) its names."""
+        ok = self.task_ok(pathspec, attempt)
+        values = {name: plain(self.read_artifact(pathspec, attempt, name)) for name in read if ok}
+        listed = self.artifact_names(pathspec, attempt) if ok and names else []
+        return TaskRecord(ok, values, listed)
+
     def origin_tasks(
         self, run_id: str
     ) -> tuple[dict[tuple[str, tuple[int, ...], int], str], dict[str, Any]]:
@@ -124,6 +153,44 @@ class Datastore:
             for nth, (_, task_id) in enumerate(sorted(tasks)):
                 clones[(step, indices, nth)] = task_id
         return clones, parameters
+
+
+@dataclass
+class TaskRecord:
+    """What the runner learns from a finished task (see `Datastore.finish`)."""
+
+    ok: bool
+    values: dict[str, Any] = field(default_factory=dict)
+    names: list[str] = field(default_factory=list)
+    log_error: str | None = None
+
+
+def plain(value: Any) -> Any:
+    """An artifact value as JSON data (tuples as lists; anything else unusual as text)."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [plain(item) for item in value]
+    if isinstance(value, dict):
+        return {str(key): plain(item) for key, item in value.items()}
+    return str(value)
+
+
+def call(op: str, args: dict[str, Any]) -> dict[str, Any]:
+    """`Datastore.finish`, `inspect` or `save_logs` as a call from another process: plain data
+    in and out. Step output arrives in a file (it can be large), which is removed here."""
+    args = dict(args)
+    store = Datastore(args.pop("flow_name"), args.pop("kind"), args.pop("root"))
+    if op == "inspect":
+        return asdict(store.inspect(**args))
+    lines_file = args.pop("lines_file")
+    with open(lines_file, encoding="utf-8") as handle:
+        lines = json.load(handle)
+    os.unlink(lines_file)
+    if op == "save_logs":
+        store.save_logs(stdout=lines["stdout"], stderr=lines["stderr"], **args)
+        return {}
+    return asdict(store.finish(stdout=lines["stdout"], stderr=lines["stderr"], **args))
 
 
 def _task_order(task_id: str) -> tuple[int, str]:

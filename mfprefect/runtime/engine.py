@@ -79,6 +79,8 @@ class RunSummary:
 class TaskResult:
     pathspec: str
     attempt: int
+    # What the walk reads from the task: `_foreach_num_splits`, `_transition`.
+    values: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -89,7 +91,6 @@ class Runner:
     ctx: commands.RunContext
     parameters: Mapping[str, Any]
     run_task: Callable[..., Awaitable[TaskResult]]
-    read_artifact: Callable[[str, int, str], Any]
     # Resume: origin task ids by (step, foreach indices, nth time that step ran at those indices).
     clone_from: Mapping[tuple[str, tuple[int, ...], int], str] = field(default_factory=dict)
     origin_run_id: str | None = None
@@ -149,7 +150,7 @@ class Runner:
             if spec.kind in ("linear", "join"):
                 current, current_inputs = spec.next[0], [result.pathspec]
             elif spec.kind == "switch":
-                transition = self.read_artifact(result.pathspec, result.attempt, "_transition")
+                transition = result.values["_transition"]
                 current, current_inputs = transition[0][0], [result.pathspec]
             elif spec.kind == "split":
                 join = matching_join(steps, current)
@@ -159,9 +160,7 @@ class Runner:
                 current, current_inputs = join, _flatten(await gather_or_cancel(branches))
             elif spec.kind == "foreach":
                 join = matching_join(steps, current)
-                width = int(
-                    self.read_artifact(result.pathspec, result.attempt, "_foreach_num_splits") or 0
-                )
+                width = int(result.values.get("_foreach_num_splits") or 0)
                 bodies = [
                     self.segment(spec.next[0], [result.pathspec], i, join, indices + (i,))
                     for i in range(width)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -17,9 +18,9 @@ from prefect.runtime import task_run as task_run_info
 
 from ..manifest import Manifest
 from . import commands, engine
-from .datastore import Datastore
+from .datastore import Datastore, TaskRecord
 from .engine import RunSummary
-from .zygote import Zygote
+from .zygote import ForkedProcess, Zygote
 
 
 def _retry_allowed(_task: Any, _task_run: Any, state: Any) -> bool:
@@ -43,12 +44,13 @@ class PrefectSteps:
         manifest: Manifest,
         datastore: Datastore,
         secrets: Mapping[str, str],
-        launch: engine.Launcher | None = None,
+        zygote: Zygote | None = None,
     ) -> None:
         self.manifest = manifest
         self.datastore = datastore
         self.secrets = dict(secrets)
-        self.launch = launch
+        self.zygote = zygote
+        self.log_saves: list[asyncio.Future[None]] = []
         self.semaphore = asyncio.Semaphore(manifest.deployment.parallelism)
         self.reported_steps: set[str] = set()
 
@@ -118,6 +120,28 @@ class PrefectSteps:
         def on_line(stream: str, line: str) -> None:
             (logger.warning if stream == "stderr" else logger.info)(line)
 
+        inspect: dict[str, Any] | None = None
+        if step != "_parameters":
+            kind = self.manifest.steps[step].kind
+            store = self.datastore
+            inspect = {
+                "flow_name": store.flow_name,
+                "kind": store.kind,
+                "root": store.root,
+                "pathspec": pathspec,
+                "attempt": attempt,
+                "read": {"foreach": ["_foreach_num_splits"], "switch": ["_transition"]}.get(
+                    kind, []
+                ),
+                "names": step not in self.reported_steps,
+            }
+        launched: list[engine.StepProcess] = []
+
+        async def launch(args: list[str], env: Mapping[str, str]) -> engine.StepProcess:
+            proc = await self._launch(args, env, inspect)
+            launched.append(proc)
+            return proc
+
         async with self.semaphore:
             outcome = await engine.run_process(
                 args,
@@ -125,13 +149,15 @@ class PrefectSteps:
                 on_line,
                 timeout=engine.hard_timeout(self.manifest.steps.get(step)),
                 secrets=masked,
-                launch=self.launch,
+                launch=launch,
             )
-        if step != "_parameters":
-            try:
-                self.datastore.save_logs(pathspec, attempt, outcome.stdout, outcome.stderr)
-            except OSError as exc:  # a full disk must not hide why the step itself failed
-                logger.warning(f"could not save the step's logs to the datastore: {exc}")
+        record = None
+        if inspect is not None:
+            self.log_saves.append(
+                asyncio.ensure_future(self._save_logs(pathspec, attempt, outcome, logger))
+            )
+            if outcome.returncode == 0 and not outcome.timed_out:
+                record = await self._inspect(inspect, launched)
         flow_name = self.manifest.flow_class
         if outcome.timed_out:
             raise engine.StepFailed(
@@ -143,17 +169,71 @@ class PrefectSteps:
                 reason = f"killed by signal {-outcome.returncode}"
             retryable = outcome.returncode != commands.NO_RETRY_EXIT_CODE
             raise engine.StepFailed(f"{flow_name}/{pathspec}", reason, outcome.stderr, retryable)
-        if step != "_parameters" and not self.datastore.task_ok(pathspec, attempt):
+        if record is None:
+            return engine.TaskResult(pathspec, attempt)
+        if not record.ok:
             raise engine.StepFailed(
                 f"{flow_name}/{pathspec}", "exited 0 but did not finish its task", outcome.stderr
             )
-        if step != "_parameters" and step not in self.reported_steps:
+        if step not in self.reported_steps:
             self.reported_steps.add(step)
-            await self._report_artifacts(step, attempt, pathspec)
-        return engine.TaskResult(pathspec, attempt)
+            await self._report_artifacts(step, pathspec, record.names)
+        return engine.TaskResult(pathspec, attempt, record.values)
 
-    async def _report_artifacts(self, step: str, attempt: int, pathspec: str) -> None:
-        names = self.datastore.artifact_names(pathspec, attempt)
+    async def _launch(
+        self, args: list[str], env: Mapping[str, str], inspect: Mapping[str, Any] | None
+    ) -> engine.StepProcess:
+        """Fork the step from the zygote if there is one (it also reports `inspect`)."""
+        if self.zygote is not None and await self.zygote.ready():
+            try:
+                return await self.zygote.spawn(args, env, os.getcwd(), report=inspect)
+            except OSError:
+                pass
+        return await engine.spawn_process(args, env)
+
+    async def _inspect(
+        self, inspect: dict[str, Any], launched: list[engine.StepProcess]
+    ) -> TaskRecord:
+        """What the walk needs from a successful task. A forked step reported it itself; else
+        a child forked for it reads it (the runner process does not import Metaflow), or else
+        it is read here."""
+        if launched and isinstance(launched[-1], ForkedProcess):
+            found = await launched[-1].report()
+            if found is not None:
+                return TaskRecord(**found)
+        if self.zygote is not None and await self.zygote.ready():
+            with contextlib.suppress(OSError):
+                return TaskRecord(**await self.zygote.call("inspect", inspect))
+        args = {k: v for k, v in inspect.items() if k not in ("flow_name", "kind", "root")}
+        return self.datastore.inspect(**args)
+
+    async def _save_logs(
+        self, pathspec: str, attempt: int, outcome: engine.ProcessOutcome, logger: Any
+    ) -> None:
+        """Keep the step's output in Metaflow's task logs (off the walk's critical path; the
+        run waits for every save before it ends)."""
+        store = self.datastore
+        try:
+            if self.zygote is not None and await self.zygote.ready():
+                call = {
+                    "flow_name": store.flow_name,
+                    "kind": store.kind,
+                    "root": store.root,
+                    "pathspec": pathspec,
+                    "attempt": attempt,
+                }
+                await self.zygote.call("save_logs", call, (outcome.stdout, outcome.stderr))
+            else:
+                store.save_logs(pathspec, attempt, outcome.stdout, outcome.stderr)
+        except OSError as exc:  # a full disk must not hide why the step itself failed
+            logger.warning(f"could not save the step's logs to the datastore: {exc}")
+
+    async def drain(self) -> None:
+        """Wait for every log save still under way."""
+        if self.log_saves:
+            await asyncio.gather(*self.log_saves, return_exceptions=True)
+
+    async def _report_artifacts(self, step: str, pathspec: str, names: list[str]) -> None:
         full = f"{self.manifest.flow_class}/{pathspec}"
         listed = "\n".join(f"- `{name}`" for name in names) or "(none)"
         body = (
@@ -207,12 +287,12 @@ async def execute(manifest: Manifest, parameters: Mapping[str, Any], options: Ru
     for step in [None, *manifest.steps]:
         commands.environment(ctx, step, secrets.get)
     zygote = options.zygote or _start_zygote(commands.runtime_environment(ctx))
+    steps = PrefectSteps(manifest, datastore, secrets, zygote)
     runner = engine.Runner(
         manifest,
         ctx,
         values,
-        PrefectSteps(manifest, datastore, secrets, _launcher(zygote)),
-        datastore.read_artifact,
+        steps,
         clone_from=options.clones,
         origin_run_id=options.clone_run_id,
     )
@@ -228,6 +308,7 @@ async def execute(manifest: Manifest, parameters: Mapping[str, Any], options: Ru
         raise
     finally:
         watcher.cancel()
+        await steps.drain()
         if zygote is not None and zygote is not options.zygote:
             zygote.close()
     return f"{manifest.flow_class}/{run_id}"
@@ -244,21 +325,6 @@ def _start_zygote(env: Mapping[str, str]) -> Zygote | None:
         return Zygote(env, os.getcwd())
     except OSError:
         return None
-
-
-def _launcher(zygote: Zygote | None) -> engine.Launcher | None:
-    if zygote is None:
-        return None
-
-    async def launch(args: list[str], env: Mapping[str, str]) -> engine.StepProcess:
-        if await zygote.ready():
-            try:
-                return await zygote.spawn(args, env, os.getcwd())
-            except OSError:
-                pass
-        return await engine.spawn_process(args, env)
-
-    return launch
 
 
 def build_flow(manifest: Manifest, options: RunOptions) -> Any:

@@ -436,9 +436,6 @@ def _run_request(request: Mapping[str, Any], conn: socket.socket) -> dict[str, A
     import prefect.context
 
     prefect.context.refresh_global_settings_context()
-    # Reading the datastore needs Metaflow, imported now with the command's environment; the
-    # import overlaps with creating the flow run.
-    threading.Thread(target=_import_metaflow, daemon=True).start()
     finished = threading.Event()
     threading.Thread(target=_stop_when_command_goes, args=(conn, finished), daemon=True).start()
 
@@ -463,12 +460,6 @@ def _run_request(request: Mapping[str, Any], conn: socket.socket) -> dict[str, A
         finished.set()
         signal.signal(signal.SIGINT, signal.SIG_IGN)
     return {"pathspec": summary.pathspec, "flow_run_id": summary.flow_run_id}
-
-
-def _import_metaflow() -> None:
-    with contextlib.suppress(Exception):
-        import metaflow.datastore  # noqa: F401
-        import metaflow.mflog  # noqa: F401
 
 
 def _stop_when_command_goes(conn: socket.socket, finished: threading.Event) -> None:

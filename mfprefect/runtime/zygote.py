@@ -93,12 +93,20 @@ def _child(
         os.dup2(null, 0)
         os.dup2(fds[0], 1)
         os.dup2(fds[1], 2)
-        for fd in (null, *fds, *keep):
+        report_fd = fds[2] if len(fds) > 2 else None
+        for fd in (null, *fds[:2], *keep):
             with contextlib.suppress(OSError):
                 os.close(fd)
         os.chdir(request["cwd"])
         env = request["env"]
         args = request["args"]
+        if request.get("call"):
+            # A datastore call on the runner's behalf (it does not import Metaflow itself).
+            from . import datastore
+
+            sys.stdout.write(json.dumps(datastore.call(request["call"], request["call_args"])))
+            code = 0
+            return
         if request.get("exec"):
             os.execve(args[0], args, env)
         os.environ.clear()
@@ -124,6 +132,8 @@ def _child(
 
         with contextlib.suppress(BaseException):
             atexit._run_exitfuncs()
+        if report_fd is not None and code == 0:
+            _report(request["report"], report_fd)
     except BaseException:  # noqa: BLE001 - the child must never return into the zygote's loop
         with contextlib.suppress(BaseException):
             import traceback
@@ -135,6 +145,15 @@ def _child(
         with contextlib.suppress(BaseException):
             sys.stderr.flush()
         os._exit(code & 0xFF if code >= 0 else 1)
+
+
+def _report(what: dict[str, Any], fd: int) -> None:
+    """After a successful step: what the runner needs from its task, read here, where Metaflow
+    is loaded, so that the runner itself never has to import it."""
+    from . import datastore
+
+    with contextlib.suppress(Exception), os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(json.dumps(datastore.call("inspect", what)))
 
 
 def _send(conn: socket.socket, message: dict[str, Any]) -> None:
@@ -211,7 +230,7 @@ def serve(address: str) -> int:
                 else:
                     conn = key.fileobj  # type: ignore[assignment]
                     buffer = pending[conn]
-                    data, fds, _flags, _addr = socket.recv_fds(conn, 65536, 2)
+                    data, fds, _flags, _addr = socket.recv_fds(conn, 65536, 3)
                     buffer += data
                     if not data or len(buffer) > _MAX_REQUEST:
                         for fd in fds:
@@ -222,7 +241,7 @@ def serve(address: str) -> int:
                     elif fds:
                         selector.unregister(conn)
                         del pending[conn]
-                        if len(fds) != 2 or not buffer.endswith(b"\n"):
+                        if len(fds) not in (2, 3) or not buffer.endswith(b"\n"):
                             for fd in fds:
                                 os.close(fd)
                             conn.close()
@@ -249,8 +268,10 @@ class ForkedProcess:
         stdout: asyncio.StreamReader,
         stderr: asyncio.StreamReader,
         buffered: bytes,
+        report: asyncio.StreamReader | None = None,
     ) -> None:
         self.pid = pid
+        self._report = report
         self.stdout: asyncio.StreamReader | None = stdout
         self.stderr: asyncio.StreamReader | None = stderr
         self.returncode: int | None = None
@@ -269,6 +290,17 @@ class ForkedProcess:
                 return -signal.SIGKILL
             self._buffer += data
         return int(json.loads(self._buffer.split(b"\n", 1)[0])["exit"])
+
+    async def report(self) -> dict[str, Any] | None:
+        """What a successful forked step reported (after `wait`); None if it reported nothing."""
+        if self._report is None:
+            return None
+        raw = await self._report.read()
+        try:
+            found: dict[str, Any] = json.loads(raw)
+        except ValueError:
+            return None
+        return found
 
     async def wait(self) -> int:
         if self.returncode is not None:
@@ -306,57 +338,104 @@ class Zygote:
             self._ready = line.strip() == b"ready"
         return self._ready
 
-    async def spawn(self, args: list[str], env: Mapping[str, str], cwd: str) -> ForkedProcess:
-        """Start one step; forked if its environment allows, exec'd otherwise."""
-        loop = asyncio.get_running_loop()
+    async def spawn(
+        self,
+        args: list[str],
+        env: Mapping[str, str],
+        cwd: str,
+        report: Mapping[str, Any] | None = None,
+    ) -> ForkedProcess:
+        """Start one step; forked if its environment allows, exec'd otherwise.
+
+        A forked step that succeeds also reports `Datastore.inspect(**report)`, read by
+        `ForkedProcess.report()`.
+        """
         forkable = args[0] == sys.executable and fork_compatible(env, self.env)
         request = {"args": list(args), "env": dict(env), "cwd": cwd, "exec": not forkable}
-        out_r, out_w = os.pipe()
-        err_r, err_w = os.pipe()
+        if forkable and report is not None:
+            request["report"] = dict(report)
+        return await self._start(request)
+
+    async def call(
+        self, op: str, args: Mapping[str, Any], lines: tuple[list[str], list[str]] | None = None
+    ) -> Any:
+        """A datastore call (see datastore.call) in a child forked for it."""
+        call_args = dict(args)
+        if lines is not None:
+            fd, call_args["lines_file"] = tempfile.mkstemp(dir=self._folder, suffix=".json")
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                json.dump({"stdout": lines[0], "stderr": lines[1]}, handle)
+        request = {
+            "args": [],
+            "env": self.env,
+            "cwd": self._folder,
+            "call": op,
+            "call_args": call_args,
+        }
+        try:
+            proc = await self._start(request)
+        except BaseException:
+            if "lines_file" in call_args:
+                with contextlib.suppress(OSError):
+                    os.unlink(call_args["lines_file"])
+            raise
+        assert proc.stdout is not None and proc.stderr is not None
+        output, errors = await asyncio.gather(proc.stdout.read(), proc.stderr.read())
+        if await proc.wait() != 0:
+            tail = errors.decode("utf-8", "replace").strip().splitlines()[-1:]
+            raise OSError(f"reading the datastore failed: {' '.join(tail) or proc.returncode}")
+        return json.loads(output)
+
+    async def _start(self, request: dict[str, Any]) -> ForkedProcess:
+        loop = asyncio.get_running_loop()
+        pipes = [os.pipe() for _ in range(3 if "report" in request else 2)]
         conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             conn.connect(self.address)
             payload = (json.dumps(request) + "\n").encode()
             conn.sendall(payload[:-1])
-            socket.send_fds(conn, [payload[-1:]], [out_w, err_w])
+            socket.send_fds(conn, [payload[-1:]], [w for _, w in pipes])
         except BaseException:
             conn.close()
-            for fd in (out_r, err_r):
-                os.close(fd)
+            for r, _ in pipes:
+                os.close(r)
             raise
         finally:
-            os.close(out_w)
-            os.close(err_w)
+            for _, w in pipes:
+                os.close(w)
+        (out_r, _), (err_r, _) = pipes[:2]
+        report_r = pipes[2][0] if len(pipes) > 2 else None
         conn.setblocking(False)
         buffer = b""
         while b"\n" not in buffer:
             data = await loop.sock_recv(conn, 4096)
             if not data:
                 conn.close()
-                for fd in (out_r, err_r):
-                    os.close(fd)
+                for r, _ in pipes:
+                    os.close(r)
                 raise OSError("the step launcher stopped before starting the step")
             buffer += data
         first, rest = buffer.split(b"\n", 1)
         pid = int(json.loads(first)["pid"])
         readers = []
-        for fd in (out_r, err_r):
+        for fd in (out_r, err_r) if report_r is None else (out_r, err_r, report_r):
             reader = asyncio.StreamReader(limit=2**20)
             pipe = os.fdopen(fd, "rb", buffering=0)
             await loop.connect_read_pipe(partial(asyncio.StreamReaderProtocol, reader), pipe)
             readers.append(reader)
-        return ForkedProcess(pid, conn, readers[0], readers[1], rest)
+        report = readers[2] if report_r is not None else None
+        return ForkedProcess(pid, conn, readers[0], readers[1], rest, report)
 
     def close(self) -> None:
-        """Stop the zygote (it kills any step still running) and remove its socket."""
+        """Stop the zygote (it kills any step still running) and remove its socket.
+
+        Closing its stdin is the signal; nothing waits for it to exit, which would delay the
+        end of every run by the zygote's own shutdown.
+        """
         with contextlib.suppress(OSError):
             if self._proc.stdin is not None:
                 self._proc.stdin.close()
-        try:
-            self._proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self._proc.kill()
-            self._proc.wait()
+        self._proc.poll()
         if self._proc.stdout is not None:
             self._proc.stdout.close()
         with contextlib.suppress(OSError):
