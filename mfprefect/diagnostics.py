@@ -39,18 +39,19 @@ class Diagnostic:
 
 
 def printable(text: str) -> str:
-    """Text safe to print on one terminal line: control characters and lone surrogates escaped,
-    so a hostile key cannot forge extra lines (or CI workflow commands) in our output."""
-    out = []
-    for ch in text:
-        code = ord(ch)
-        if code < 0x20 or 0x7F <= code < 0xA0:
-            out.append(f"\\x{code:02x}")
-        elif 0xD800 <= code <= 0xDFFF:
-            out.append(f"\\u{code:04x}")
-        else:
-            out.append(ch)
-    return "".join(out)
+    """Text safe to print on one terminal line: control characters, Unicode line separators and
+    lone surrogates escaped, so a hostile key cannot forge extra lines (or CI workflow commands)
+    or send terminal escapes in our output."""
+    return "".join(_printable_char(ch) for ch in text)
+
+
+def _printable_char(ch: str) -> str:
+    code = ord(ch)
+    if code < 0x20 or 0x7F <= code < 0xA0:
+        return f"\\x{code:02x}"
+    if 0xD800 <= code <= 0xDFFF or code in (0x2028, 0x2029):
+        return f"\\u{code:04x}"
+    return ch
 
 
 def did_you_mean(word: str, candidates: Iterable[str]) -> str:
@@ -86,9 +87,13 @@ def render(diagnostics: Sequence[Diagnostic], fmt: str) -> str:
     return "\n".join(lines)
 
 
+_GH_ESCAPES = {"%": "%25", "\r": "%0D", "\n": "%0A"}
+
+
 def _gh_data(value: str) -> str:
-    value = "".join(f"\\u{ord(ch):04x}" if 0xD800 <= ord(ch) <= 0xDFFF else ch for ch in value)
-    return value.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+    """A workflow command's data: GitHub's own escapes for `%` and line ends, and the rest of the
+    control characters (a terminal escape would reach the log viewer) as in `printable`."""
+    return "".join(_GH_ESCAPES.get(ch) or _printable_char(ch) for ch in value)
 
 
 def _gh_prop(value: str) -> str:
