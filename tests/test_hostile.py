@@ -482,6 +482,7 @@ _HOSTILE_TEXT = st.sampled_from(
         "--help",
         "a" * 70_000,
         "\u202e\u200b",
+        "x\u2028::error::forged\x0c\x1b[2J",
         "end",
         "start",
     ]
@@ -580,10 +581,18 @@ def test_mutants_are_refused_alike_or_compile_as_data(closed_port: int, data: An
         assert checked.exception is None or isinstance(checked.exception, SystemExit), (
             checked.exc_info
         )
+        # The other report formats hold hostile text too: JSON that parses, one GitHub command
+        # per line.
+        as_json = box.invoke(["validate", "--format", "json", str(manifest)])
+        assert json.loads(as_json.stdout)["valid"] is (checked.exit_code == 0)
+        github = box.invoke(["validate", "--format", "github", str(manifest)])
+        assert all(line.startswith("::") for line in github.stdout.splitlines())
         if checked.exit_code == 1:
             _refused_alike(box, str(manifest), COMMANDS)
             return
         assert checked.exit_code == 0, checked.output
+        graph = box.invoke(["graph", str(manifest)])
+        assert graph.exit_code == 0 and graph.stdout.startswith("flowchart TD\n"), graph.output
         # Valid: compile holds it as data; the deployment it becomes is built without a crash.
         compiled = box.invoke(["compile", str(manifest), "out.py"])
         assert compiled.exit_code == 0, (compiled.output, compiled.exc_info)
@@ -713,7 +722,7 @@ CANARY_VARIABLE = "mfp_canary"
 CANARY = "CANARY-9f3b1e"  # a Prefect variable's value: it shows only if a template was resolved
 
 
-def _payloads(markers: Path) -> list[str]:
+def _injection_payloads(markers: Path) -> list[str]:
     """Shell, Python, Jinja, Prefect-template, format-string and argv payloads. Each would touch
     a MARKER file if anything ran it (by absolute path, and relative to whatever folder it ran)."""
 
@@ -777,7 +786,7 @@ def test_injection_payloads_stay_inert_data_everywhere(
     work = tmp_path / "work"  # every command's working folder
     work.mkdir()
     env = dict(stack)
-    payloads = _payloads(markers)
+    payloads = _injection_payloads(markers)
     text = "\n".join(payloads)
     template_default = {"__prefect_kind": "jinja", "template": "{{ 7*7 }}"}
     blob = {
@@ -911,3 +920,20 @@ def test_invalid_manifests_change_nothing_on_a_real_server(
     for path in _corpus():
         _refused_alike(box, str(path), COMMANDS)
     assert counts() == before
+
+
+@pytest.mark.parametrize("fmt", ["text", "github"])
+def test_reports_keep_hostile_keys_on_one_line(sandbox: Sandbox, tmp_path: Path, fmt: str) -> None:
+    """Unicode line separators, form feeds and terminal escapes in keys stay escaped, so a key
+    cannot start a line of its own (a forged annotation) or drive the CI log viewer."""
+    data = json.loads(json.dumps(_BASE))
+    data["x\u2028::error file=README.md::forged\x0c\x1b[2J\x85"] = 1
+    data["steps"]["start"]["next"] = ["gone\u2029::warning::forged"]
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text(json.dumps(data), encoding="utf-8")
+    result = sandbox.invoke(["validate", "--format", fmt, str(manifest)])
+    assert result.exit_code == 1
+    lines = result.stdout.splitlines()  # splits on every Unicode line break
+    assert len(lines) == len(result.stdout.split("\n")) - 1 >= 2
+    assert all(line.startswith("::error " if fmt == "github" else str(manifest)) for line in lines)
+    assert "\x1b" not in result.stdout and "\x0c" not in result.stdout
