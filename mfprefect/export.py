@@ -224,6 +224,13 @@ def _environment(step: str, variables: dict[str, Any], options: ExportOptions) -
             )
         else:
             out[name] = value
+            if SECRET_NAME.search(name) and value:
+                # Written as it is (it is not your environment's value), so say so, without it.
+                options.notes.append(
+                    f"step `{step}`: {name} looks like a secret but is written into the "
+                    f"manifest as a literal value; refer to it instead with {{env: {name}}} "
+                    "or {secret: block-name}"
+                )
     return out
 
 

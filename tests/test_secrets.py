@@ -47,8 +47,6 @@ PASSWORD = "DBPW-7c1e55a0-never-shown"  # in the environment of the exporter, ru
 TOKEN = "TOK-2b9f04d1-never-shown"  # in a Prefect Secret block only
 SECRETS = (PASSWORD, TOKEN)
 
-pytestmark = pytest.mark.slow
-
 
 def _sha256(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
@@ -177,6 +175,7 @@ def _folder_hits(root: Path) -> list[str]:
     ]
 
 
+@pytest.mark.slow
 def test_referenced_secrets_appear_nowhere(stack: dict[str, str], tmp_path: Path) -> None:
     work = tmp_path / "work"
     work.mkdir()
@@ -263,6 +262,7 @@ def test_referenced_secrets_appear_nowhere(stack: dict[str, str], tmp_path: Path
     assert not any(s.encode() in worker_log for s in SECRETS)
 
 
+@pytest.mark.slow
 @pytest.mark.xfail(
     strict=True,
     reason=(
@@ -297,3 +297,30 @@ def test_a_step_that_inherits_a_referenced_value_prints_it_masked(
     assert ran.returncode == 0, ran.stderr[-3000:]
     assert "inherited ***" in ran.stderr
     assert PASSWORD not in ran.stdout + ran.stderr
+
+
+def test_export_refers_to_secrets_from_the_environment_and_flags_literal_ones(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from mfprefect.export import ExportOptions, _environment
+
+    monkeypatch.setenv("DB_PASSWORD", PASSWORD)
+    monkeypatch.delenv("API_TOKEN", raising=False)
+    options = ExportOptions()
+    variables = {
+        "DB_PASSWORD": PASSWORD,
+        "API_TOKEN": "hard-coded-token",
+        "EMPTY_SECRET": "",
+        "GREETING": "hello",
+    }
+    assert _environment("start", variables, options) == {
+        "DB_PASSWORD": {"env": "DB_PASSWORD"},
+        "API_TOKEN": "hard-coded-token",
+        "EMPTY_SECRET": "",
+        "GREETING": "hello",
+    }
+    notes = "\n".join(options.notes)
+    assert "DB_PASSWORD looks like a secret and matches your environment" in notes
+    assert "API_TOKEN looks like a secret but is written into the manifest" in notes
+    assert "EMPTY_SECRET" not in notes and "GREETING" not in notes
+    assert PASSWORD not in notes and "hard-coded-token" not in notes
