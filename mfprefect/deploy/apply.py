@@ -46,9 +46,37 @@ def run(
 def _is_connection_error(exc: BaseException) -> bool:
     import httpx
 
-    return isinstance(
-        exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError, OSError)
-    )
+    # TransportError: refused, reset, timed out, or hung up mid-answer (a server killed mid-apply).
+    return isinstance(exc, (httpx.TransportError, OSError))
+
+
+def _is_status(exc: BaseException, *codes: int) -> bool:
+    """True if exc is the server answering one of these HTTP status codes."""
+    import httpx
+    from prefect.exceptions import ObjectNotFound
+
+    if isinstance(exc, ObjectNotFound):
+        return 404 in codes
+    return isinstance(exc, httpx.HTTPStatusError) and exc.response.status_code in codes
+
+
+def _describe(exc: BaseException) -> str:
+    """One line for a failed server call: which request got which answer, else the exception."""
+    import httpx
+    from prefect.exceptions import ObjectNotFound
+
+    if isinstance(exc, ObjectNotFound) and isinstance(exc.http_exc, httpx.HTTPStatusError):
+        exc = exc.http_exc
+    if isinstance(exc, httpx.HTTPStatusError):
+        response = exc.response
+        try:
+            detail = response.json().get("detail", "")
+        except (ValueError, AttributeError):
+            detail = response.text
+        said = f"{exc.request.method} {exc.request.url.path} answered {response.status_code}"
+        said += f" {response.reason_phrase}" if response.reason_phrase else ""
+        return said + (f": {detail}" if detail else "")
+    return f"{type(exc).__name__}: {exc}"
 
 
 async def _run(
@@ -110,10 +138,8 @@ async def read_live(client: Any, desired: Sequence[DeploymentSpec]) -> list[Live
         for flow in await client.read_flows(flow_filter=FlowFilter(id=FlowFilterId(any_=flow_ids))):
             flows[flow.id] = flow.name
     automations: dict[str, list[LiveAutomation]] = {}
-    for automation in await client.read_automations():
+    for automation in await _owned_automations(client, OWNER_TAG):
         tags = list(getattr(automation, "tags", []) or [])
-        if OWNER_TAG not in tags:
-            continue
         for tag in tags:
             if tag.startswith(DEPLOYMENT_TAG_PREFIX):
                 automations.setdefault(tag[len(DEPLOYMENT_TAG_PREFIX) :], []).append(
@@ -124,6 +150,26 @@ async def read_live(client: Any, desired: Sequence[DeploymentSpec]) -> list[Live
         live = _live(deployment, flows.get(deployment.flow_id, "?"))
         lives.append(replace(live, automations=tuple(automations.get(live.key, []))))
     return lives
+
+
+async def _owned_automations(client: Any, *tags: str) -> list[Any]:
+    """Every automation carrying all these tags, page by page: the server caps a page at 200."""
+    from prefect.client.schemas.sorting import AutomationSort
+    from prefect.events.filters import AutomationFilter, AutomationFilterTags
+
+    wanted = AutomationFilter(tags=AutomationFilterTags(all_=list(tags)))
+    found: dict[str, Any] = {}
+    offset = 0
+    while True:
+        # Newest first: an automation made meanwhile shifts the pages down (seen twice, kept
+        # once by id) rather than up (skipped).
+        page = await client.read_automations(
+            automations=wanted, sort=AutomationSort.CREATED_DESC, limit=200, offset=offset
+        )
+        found.update({str(a.id): a for a in page})
+        if len(page) < 200:
+            return list(found.values())
+        offset += 200
 
 
 def _live_automation(automation: Any) -> LiveAutomation:
@@ -195,11 +241,11 @@ async def _apply_one(client: Any, change: Change) -> None:
 
     if change.action == "delete":
         assert change.live is not None
-        await client.delete_deployment(change.live.id)
+        await _gone(client.delete_deployment(change.live.id))
         # Prefect keeps a deployment's automations when it is deleted; we do not.
         await client.delete_resource_owned_automations(f"prefect.deployment.{change.live.id}")
         for owned in change.live.automations:
-            await client.delete_automation(owned.id)
+            await _gone(client.delete_automation(owned.id))
         return
     spec = change.spec
     assert spec is not None
@@ -219,6 +265,8 @@ async def _apply_one(client: Any, change: Change) -> None:
         )
         for wanted in spec.automations:
             await client.create_automation(_automation_core(spec, wanted, str(deployment_id)))
+        if spec.automations:
+            await _one_automation_per_name(client, spec.key)
         return
     assert change.live is not None
     changed = {f.field for f in change.changes}
@@ -230,17 +278,27 @@ async def _apply_one(client: Any, change: Change) -> None:
         await client.update_deployment(change.live.id, DeploymentUpdate(**update))
     for op, want, have in change.schedule_ops:
         if op == "create" and want is not None:
-            await client.create_deployment_schedules(
-                change.live.id,
-                [
-                    DeploymentScheduleCreate(
-                        schedule=CronSchedule(cron=want.cron, timezone=want.timezone or "UTC"),
-                        active=want.active,
-                        slug=want.slug,
-                    )
-                ],
-            )
-        elif op == "update" and want is not None and have is not None:
+            try:
+                await client.create_deployment_schedules(
+                    change.live.id,
+                    [
+                        DeploymentScheduleCreate(
+                            schedule=CronSchedule(cron=want.cron, timezone=want.timezone or "UTC"),
+                            active=want.active,
+                            slug=want.slug,
+                        )
+                    ],
+                )
+            except Exception as exc:  # noqa: BLE001
+                # Slugs are unique per deployment: another apply added it first; set it to ours.
+                if not _is_status(exc, 409):
+                    raise
+                current = await client.read_deployment_schedules(change.live.id)
+                have = next((s for s in current if s.slug == want.slug), None)
+                if have is None:
+                    raise
+                op = "update"
+        if op == "update" and want is not None and have is not None:
             await client.update_deployment_schedule(
                 change.live.id,
                 have.id,
@@ -248,7 +306,7 @@ async def _apply_one(client: Any, change: Change) -> None:
                 schedule=CronSchedule(cron=want.cron, timezone=want.timezone or "UTC"),
             )
         elif op == "delete" and have is not None:
-            await client.delete_deployment_schedule(change.live.id, have.id)
+            await _gone(client.delete_deployment_schedule(change.live.id, have.id))
     for op, want_automation, have_automation in change.automation_ops:
         if op == "create" and want_automation is not None:
             await client.create_automation(_automation_core(spec, want_automation, change.live.id))
@@ -258,7 +316,34 @@ async def _apply_one(client: Any, change: Change) -> None:
                 have_automation.id, _automation_core(spec, want_automation, change.live.id)
             )
         elif op == "delete" and have_automation is not None:
-            await client.delete_automation(have_automation.id)
+            await _gone(client.delete_automation(have_automation.id))
+    if any(op == "create" for op, _, _ in change.automation_ops):
+        await _one_automation_per_name(client, spec.key)
+
+
+async def _one_automation_per_name(client: Any, key: str) -> None:
+    """Leave one automation of each name on this deployment: the lowest id, as plan() keeps.
+
+    The server has no upsert for automations, so two applies that both found one missing each
+    make it, and so does a create that the client re-sends after losing the answer. Re-reading
+    after creating and deleting all but the lowest id converges: every apply makes the same
+    choice, the last one to create sees every copy, and no apply ever deletes the survivor.
+    """
+    by_name: dict[str, list[str]] = {}
+    for automation in await _owned_automations(client, OWNER_TAG, DEPLOYMENT_TAG_PREFIX + key):
+        by_name.setdefault(automation.name, []).append(str(automation.id))
+    for ids in by_name.values():
+        for extra in sorted(ids)[1:]:
+            await _gone(client.delete_automation(extra))
+
+
+async def _gone(deletion: Any) -> None:
+    """Await a delete; already gone (another apply deleted it first) is what we wanted."""
+    try:
+        await deletion
+    except Exception as exc:  # noqa: BLE001
+        if not _is_status(exc, 404):
+            raise
 
 
 def _automation_core(spec: DeploymentSpec, automation: AutomationSpec, deployment_id: str) -> Any:
@@ -333,8 +418,8 @@ def _guarded(make: Callable[[], Any], what: str = "request failed", hint: str | 
     except Exception as exc:  # noqa: BLE001
         if _is_connection_error(exc):
             raise _unreachable(exc) from None
-        detail = " ".join(str(exc).split())[:300]
-        raise RuntimeFailure(f"{what}: {type(exc).__name__}: {detail}", hint=hint) from None
+        detail = " ".join(_describe(exc).split())[:300]
+        raise RuntimeFailure(f"{what}: {detail}", hint=hint) from None
 
 
 def trigger_with_strings(deployment: str, pairs: Sequence[tuple[str, str]]) -> str:
