@@ -95,7 +95,7 @@ def _tree_rss_mb(*roots: int) -> float:
     return total * os.sysconf("SC_PAGE_SIZE") / (1024 * 1024)
 
 
-def measure(command: list[str], env: dict[str, str], cwd: Path) -> Sample:
+def measure(command: list[str], env: dict[str, str], cwd: Path, *, runner: bool = False) -> Sample:
     """Wall time and peak process-tree RSS of one command; it must succeed."""
     started = time.perf_counter()
     proc = subprocess.Popen(
@@ -108,7 +108,8 @@ def measure(command: list[str], env: dict[str, str], cwd: Path) -> Sample:
         nonlocal peak
         while not done.is_set():
             # The runner's whole tree counts too (its idle self included): it runs the steps.
-            peak = max(peak, _tree_rss_mb(proc.pid, *_runner_pids(env)))
+            roots = [proc.pid, *(_runner_pids(env) if runner else [])]
+            peak = max(peak, _tree_rss_mb(*roots))
             done.wait(0.05)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -149,7 +150,7 @@ def bench_local_runs(repeat: int, work: Path, only: set[str]) -> list[Row]:
     rows = []
     env = base_env(work)
     if "first" in only:
-        first = measure(python_flow("linear3.py") + ["prefect", "run"], env, work)
+        first = measure(python_flow("linear3.py") + ["prefect", "run"], env, work, runner=True)
         rows.append(
             Row(
                 "very first `prefect run` (starts the local server)",
@@ -204,7 +205,7 @@ def bench_local_runs(repeat: int, work: Path, only: set[str]) -> list[Row]:
             row,
             repeat,
             lambda flow=flow, args=args: measure(
-                python_flow(flow) + ["prefect", "run", *args], env, work
+                python_flow(flow) + ["prefect", "run", *args], env, work, runner=True
             ),
             lambda flow=flow, args=args: measure(
                 python_flow(flow) + ["run", "--max-workers", "16", *args], env, work

@@ -177,20 +177,25 @@ def plain(value: Any) -> Any:
 
 
 def call(op: str, args: dict[str, Any]) -> dict[str, Any]:
-    """`Datastore.finish`, `inspect` or `save_logs` as a call from another process: plain data
-    in and out. Step output arrives in a file (it can be large), which is removed here."""
+    """`Datastore.inspect`, or `save_logs` of several tasks, as a call from another process:
+    plain data in and out. Step output arrives in a file (it can be large), removed here."""
     args = dict(args)
     store = Datastore(args.pop("flow_name"), args.pop("kind"), args.pop("root"))
     if op == "inspect":
         return asdict(store.inspect(**args))
     lines_file = args.pop("lines_file")
     with open(lines_file, encoding="utf-8") as handle:
-        lines = json.load(handle)
+        tasks = json.load(handle)
     os.unlink(lines_file)
-    if op == "save_logs":
-        store.save_logs(stdout=lines["stdout"], stderr=lines["stderr"], **args)
-        return {}
-    return asdict(store.finish(stdout=lines["stdout"], stderr=lines["stderr"], **args))
+    if op != "save_logs":
+        raise ValueError(f"unknown datastore call {op!r}")
+    errors = {}
+    for task in tasks:
+        try:
+            store.save_logs(task["pathspec"], task["attempt"], task["stdout"], task["stderr"])
+        except OSError as exc:
+            errors[task["pathspec"]] = str(exc)
+    return {"errors": errors}
 
 
 def _task_order(task_id: str) -> tuple[int, str]:

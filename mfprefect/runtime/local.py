@@ -46,10 +46,13 @@ def run_locally(
         # we start (or reuse) mfprefect's own. Read the profile file rather than Prefect's
         # settings: importing those now would freeze them before PREFECT_API_URL is set.
         os.environ["PREFECT_API_URL"] = profile_api_url() or local_server.ensure_server(echo)
+    summary = None
     if runner.enabled() and _real_stdio():
         # The long-lived runner has Prefect imported already; this process never imports it.
         summary = runner.run(manifest, parameters, echo=echo, tags=tags, clone_run_id=clone_run_id)
-    else:
+        if summary is None:
+            echo("mfprefect: the local runner is busy with another run; running in this process")
+    if summary is None:
         from .prefect_flow import run_manifest
 
         summary = run_manifest(

@@ -50,7 +50,9 @@ class PrefectSteps:
         self.datastore = datastore
         self.secrets = dict(secrets)
         self.zygote = zygote
-        self.log_saves: list[asyncio.Future[None]] = []
+        # Step output waiting to be saved, and the one batch save under way.
+        self.unsaved: list[tuple[dict[str, Any], Any]] = []
+        self.saver: asyncio.Future[None] | None = None
         self.semaphore = asyncio.Semaphore(manifest.deployment.parallelism)
         self.reported_steps: set[str] = set()
 
@@ -153,9 +155,7 @@ class PrefectSteps:
             )
         record = None
         if inspect is not None:
-            self.log_saves.append(
-                asyncio.ensure_future(self._save_logs(pathspec, attempt, outcome, logger))
-            )
+            self._save_logs(pathspec, attempt, outcome, logger)
             if outcome.returncode == 0 and not outcome.timed_out:
                 record = await self._inspect(inspect, launched)
         flow_name = self.manifest.flow_class
@@ -207,31 +207,60 @@ class PrefectSteps:
         args = {k: v for k, v in inspect.items() if k not in ("flow_name", "kind", "root")}
         return self.datastore.inspect(**args)
 
-    async def _save_logs(
+    def _save_logs(
         self, pathspec: str, attempt: int, outcome: engine.ProcessOutcome, logger: Any
     ) -> None:
-        """Keep the step's output in Metaflow's task logs (off the walk's critical path; the
-        run waits for every save before it ends)."""
+        """Keep the step's output in Metaflow's task logs, off the walk's critical path: saves
+        queue up and one child at a time saves a batch (the run waits for all before it ends)."""
+        task = {
+            "pathspec": pathspec,
+            "attempt": attempt,
+            "stdout": outcome.stdout,
+            "stderr": outcome.stderr,
+        }
+        self.unsaved.append((task, logger))
+        if self.saver is None or self.saver.done():
+            self.saver = asyncio.ensure_future(self._save_batches())
+
+    async def _save_batches(self) -> None:
         store = self.datastore
-        try:
-            if self.zygote is not None and await self.zygote.ready():
-                call = {
-                    "flow_name": store.flow_name,
-                    "kind": store.kind,
-                    "root": store.root,
-                    "pathspec": pathspec,
-                    "attempt": attempt,
-                }
-                await self.zygote.call("save_logs", call, (outcome.stdout, outcome.stderr))
-            else:
-                store.save_logs(pathspec, attempt, outcome.stdout, outcome.stderr)
-        except OSError as exc:  # a full disk must not hide why the step itself failed
-            logger.warning(f"could not save the step's logs to the datastore: {exc}")
+        where = {"flow_name": store.flow_name, "kind": store.kind, "root": store.root}
+        while self.unsaved:
+            # Saving takes a process like a step does, so it waits for a free slot too: the run
+            # never has more than `parallelism` processes of its own at once.
+            async with self.semaphore:
+                await self._save_batch(where)
+
+    async def _save_batch(self, where: dict[str, Any]) -> None:
+        store = self.datastore
+        if self.unsaved:
+            batch, self.unsaved = self.unsaved, []
+            tasks = [task for task, _ in batch]
+            errors: dict[str, str] = {}
+            try:
+                if self.zygote is not None and await self.zygote.ready():
+                    errors = (await self.zygote.call("save_logs", where, tasks))["errors"]
+                else:
+                    for task in tasks:
+                        try:
+                            store.save_logs(
+                                task["pathspec"], task["attempt"], task["stdout"], task["stderr"]
+                            )
+                        except OSError as exc:
+                            errors[task["pathspec"]] = str(exc)
+            except OSError as exc:
+                errors = {task["pathspec"]: str(exc) for task in tasks}
+            for task, logger in batch:
+                if task["pathspec"] in errors:  # a full disk must not hide the step's own error
+                    logger.warning(
+                        f"could not save the step's logs to the datastore: {errors[task['pathspec']]}"
+                    )
 
     async def drain(self) -> None:
-        """Wait for every log save still under way."""
-        if self.log_saves:
-            await asyncio.gather(*self.log_saves, return_exceptions=True)
+        """Wait until every step's output is saved."""
+        while self.saver is not None and not self.saver.done():
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self.saver)
 
     async def _report_artifacts(self, step: str, pathspec: str, names: list[str]) -> None:
         full = f"{self.manifest.flow_class}/{pathspec}"

@@ -3,18 +3,23 @@
 Importing Prefect costs about a second of CPU, which a three-step run cannot afford on every
 command. The first local run starts a detached runner that imports Prefect once; every run after
 that connects to it over a Unix socket and hands over the request, together with its own stdout
-and stderr, so the run's output reaches the terminal directly. For each request the runner forks
-a *run process*, which takes the command's environment and working directory, runs the pipeline
-(see prefect_flow.run_manifest) and answers with one JSON line: the run's pathspec, or the error
-to report. The command stops the run by going away: when its end of the socket closes, the run
-process cancels the run and every step process dies with it.
+and stderr, so the run's output reaches the terminal directly. The runner takes on the command's
+environment and working directory for the run, runs the pipeline in its own process (see
+prefect_flow.run_manifest; no copy of the runner's memory per run), answers with one JSON line
+(the run's pathspec, or the error to report), and puts its own environment back. The command
+stops the run by going away: when its end of the socket closes, the run is interrupted and every
+step process dies with it.
+
+One run at a time: a runner busy with a run does not answer a second command within a second,
+and that command runs the pipeline in its own process instead (slower to start, same result).
 
 A runner serves one installation and one Prefect configuration: its socket name is a hash of the
 interpreter, mfprefect's source files, MFPREFECT_HOME, HOME and every PREFECT_* variable, because
-Prefect reads those once, at import. Anything else (Metaflow's settings included) comes with each
-request. The socket is in Linux's abstract namespace and only connections from the same user are
-served. The runner exits when it has been idle for MFPREFECT_RUNNER_IDLE_SECONDS (default 30
-minutes), when mfprefect's source changes, or when its PREFECT_HOME or MFPREFECT_HOME folder goes.
+Prefect reads those once, at import. Anything else comes with each request; the runner never
+imports Metaflow (it reads its settings at import), the run's zygote does. The socket is in
+Linux's abstract namespace and only connections from the same user are served. The runner exits
+when it has been idle for MFPREFECT_RUNNER_IDLE_SECONDS (default 30 minutes), when mfprefect's
+source changes, when its PREFECT_HOME or MFPREFECT_HOME folder goes, and after 200 runs.
 
 MFPREFECT_RUNNER=0 runs pipelines in the command's own process instead.
 """
@@ -47,6 +52,12 @@ IDLE_ENV = "MFPREFECT_RUNNER_IDLE_SECONDS"
 DEFAULT_IDLE_SECONDS = 30 * 60
 START_TIMEOUT_SECONDS = 30.0
 CHECK_SECONDS = 2.0
+# The runner answers this byte when it takes a command's run; a runner busy with another run
+# does not, and the command runs in its own process instead.
+ACCEPTED = b"+"
+ACCEPT_WAIT_SECONDS = 1.0
+# A long-lived process that runs user pipelines starts afresh now and then.
+RECYCLE_AFTER_RUNS = 200
 # After Ctrl-C, how long the command waits for the run to stop its steps.
 STOP_WAIT_SECONDS = 20.0
 _MAX_REQUEST = 64 * 1024 * 1024
@@ -143,10 +154,20 @@ def run(
     echo: Echo,
     tags: tuple[str, ...] = (),
     clone_run_id: str | None = None,
-) -> RunSummary:
-    """Run the pipeline in the local runner (starting it if needed); return its RunSummary."""
+) -> RunSummary | None:
+    """Run the pipeline in the local runner (starting it if needed); return its RunSummary, or
+    None when the runner is busy with another command's run (run it in this process then)."""
     key = fingerprint(os.environ)
-    conn = _connect(key, echo)
+    conn, fresh = _connect(key, echo)
+    conn.settimeout(START_TIMEOUT_SECONDS if fresh else ACCEPT_WAIT_SECONDS)
+    try:
+        accepted = conn.recv(1) == ACCEPTED
+    except OSError:
+        accepted = False
+    if not accepted:
+        conn.close()
+        return None
+    conn.settimeout(None)
     # The datastore root as Metaflow finds it from here, so the runner need not import Metaflow
     # before the run starts.
     data = json.loads(json.dumps(manifest.data))
@@ -207,11 +228,11 @@ def _error(error: Mapping[str, Any]) -> MfprefectError:
     return kind(str(error.get("message")), hint=error.get("hint"))
 
 
-def _connect(key: str, echo: Echo) -> socket.socket:
-    """A connection to the runner for `key`, starting one if none answers."""
+def _connect(key: str, echo: Echo) -> tuple[socket.socket, bool]:
+    """A connection to the runner for `key`, starting one if none answers (then `True`)."""
     conn = _try_connect(key)
     if conn is not None:
-        return conn
+        return conn, False
     echo("mfprefect: starting the local runner (it imports Prefect once; later runs reuse it) ...")
     log = _log_path(key)
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -228,7 +249,7 @@ def _connect(key: str, echo: Echo) -> socket.socket:
     while time.monotonic() < deadline:
         conn = _try_connect(key)
         if conn is not None:
-            return conn
+            return conn, True
         if starter.poll() not in (None, 0):
             raise RuntimeFailure(
                 f"the local runner could not start (exit {starter.returncode})",
@@ -327,78 +348,84 @@ def _serve(key: str, listener: socket.socket) -> int:
         Path(os.environ[name]) for name in ("PREFECT_HOME", "MFPREFECT_HOME") if name in os.environ
     ]
     idle_limit = _idle_limit()
-    children: set[int] = set()
     last_used = time.monotonic()
     next_check = time.monotonic() + CHECK_SECONDS
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # only a run's own command may interrupt it
+    home = _Home()
     print(f"mfprefect runner {os.getpid()} serving {key}", flush=True)
+    served = 0
     while True:
         ready, _, _ = select.select([listener], [], [], CHECK_SECONDS)
         if ready:
             conn, _ = listener.accept()
-            if _peer_uid(conn) != os.getuid():
-                conn.close()
-                continue
-            pid = os.fork()
-            if pid == 0:
-                listener.close()
-                _serve_run(conn)
-            conn.close()
-            children.add(pid)
-            last_used = time.monotonic()
-        while children:
             try:
-                pid, _status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                children.clear()
-                break
-            if pid == 0:
-                break
-            children.discard(pid)
+                if _peer_uid(conn) == os.getuid():
+                    _serve_run(conn)
+                    served += 1
+            finally:
+                conn.close()
+                home.restore()
             last_used = time.monotonic()
+            if served >= RECYCLE_AFTER_RUNS:
+                print(f"served {served} runs: exiting, the next command starts afresh", flush=True)
+                return 0
         if time.monotonic() < next_check:
             continue
         next_check = time.monotonic() + CHECK_SECONDS
-        # Running runs carry on when the runner exits; new commands start a new runner.
         if _source_stamp() != stamp:
             print("mfprefect's source changed: exiting", flush=True)
             return 0
         if not all(folder.is_dir() for folder in watched):
             print("PREFECT_HOME or MFPREFECT_HOME is gone: exiting", flush=True)
             return 0
-        if not children and time.monotonic() - last_used > idle_limit:
+        if time.monotonic() - last_used > idle_limit:
             print(f"idle for {idle_limit:.0f} s: exiting", flush=True)
             return 0
 
 
-def _serve_run(conn: socket.socket) -> None:
-    """In a forked run process: take the request, run it, answer. Never returns."""
-    code = 0
-    try:
-        os.setsid()
-        for sig in (signal.SIGTERM, signal.SIGCHLD, signal.SIGPIPE):
-            signal.signal(sig, signal.SIG_DFL)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        request = _receive(conn)
-        if request is None:
-            code = 1
-            return
-        _answer(conn, _run_request(request, conn))
-    except BaseException:  # noqa: BLE001 - the run process must never return into serve()
-        code = 1
-        with contextlib.suppress(BaseException):
-            import traceback
+class _Home:
+    """The runner's own environment, working directory and standard streams, put back after
+    each run (a run takes on its command's)."""
 
-            traceback.print_exc()
-    finally:
-        import atexit
+    def __init__(self) -> None:
+        self.env = dict(os.environ)
+        self.cwd = os.getcwd()
+        self.fds = [os.dup(fd) for fd in (0, 1, 2)]
 
-        with contextlib.suppress(BaseException):
-            atexit._run_exitfuncs()  # Prefect sends its last logs and events here
+    def restore(self) -> None:
         with contextlib.suppress(BaseException):
             sys.stdout.flush()
             sys.stderr.flush()
-        os._exit(code)
+        for saved, fd in zip(self.fds, (0, 1, 2), strict=True):
+            os.dup2(saved, fd)
+        os.environ.clear()
+        os.environ.update(self.env)
+        os.chdir(self.cwd)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        import prefect.context
+
+        prefect.context.refresh_global_settings_context()
+
+
+def _serve_run(conn: socket.socket) -> None:
+    """Run one command's request in this process and answer it."""
+    with contextlib.suppress(OSError):
+        conn.sendall(ACCEPTED)
+    try:
+        request = _receive(conn)
+    except (OSError, ValueError):
+        return
+    if request is None:
+        return
+    try:
+        reply = _run_request(request, conn)
+    except Exception as exc:  # noqa: BLE001 - reported to the command, the runner carries on
+        import traceback
+
+        traceback.print_exc()
+        reply = {"error": {"exit_code": 3, "message": f"the local runner failed: {exc}"}}
+    _answer(conn, reply)
 
 
 def _receive(conn: socket.socket) -> dict[str, Any] | None:
@@ -436,6 +463,7 @@ def _run_request(request: Mapping[str, Any], conn: socket.socket) -> dict[str, A
     import prefect.context
 
     prefect.context.refresh_global_settings_context()
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     finished = threading.Event()
     threading.Thread(target=_stop_when_command_goes, args=(conn, finished), daemon=True).start()
 

@@ -356,15 +356,14 @@ class Zygote:
             request["report"] = dict(report)
         return await self._start(request)
 
-    async def call(
-        self, op: str, args: Mapping[str, Any], lines: tuple[list[str], list[str]] | None = None
-    ) -> Any:
-        """A datastore call (see datastore.call) in a child forked for it."""
+    async def call(self, op: str, args: Mapping[str, Any], lines: Any = None) -> Any:
+        """A datastore call (see datastore.call) in a child forked for it; `lines` (step
+        output) travels in a file."""
         call_args = dict(args)
         if lines is not None:
             fd, call_args["lines_file"] = tempfile.mkstemp(dir=self._folder, suffix=".json")
             with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                json.dump({"stdout": lines[0], "stderr": lines[1]}, handle)
+                json.dump(lines, handle)
         request = {
             "args": [],
             "env": self.env,
