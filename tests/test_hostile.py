@@ -50,7 +50,7 @@ ROOT = HERE.parent
 CORPUS = HERE / "manifests" / "invalid"
 LINEAR = EXAMPLES / "linear_flow.yaml"
 
-# The five commands the issue names, then three more that read manifests the same way.
+# The five commands the issue names; then other commands and options that read manifests too.
 COMMANDS: dict[str, list[str]] = {
     "validate": ["validate", "{m}"],
     "run": ["run", "{m}"],
