@@ -263,15 +263,6 @@ def test_referenced_secrets_appear_nowhere(stack: dict[str, str], tmp_path: Path
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "masking covers only the references of the step that prints: a step inherits the "
-        "runner's whole environment (DB_PASSWORD, read for `start` through {env: DB_PASSWORD}), "
-        "and when `end` prints it, it reaches the command's output, Prefect's log and "
-        "Metaflow's task log unmasked (mfprefect/runtime/commands.py secret_values)"
-    ),
-)
 def test_a_step_that_inherits_a_referenced_value_prints_it_masked(
     stack: dict[str, str], tmp_path: Path
 ) -> None:

@@ -246,3 +246,13 @@ def secret_values(env: Mapping[str, str], manifest: Manifest, step: str | None) 
             if isinstance(value, (EnvRef, SecretRef)) and env.get(name):
                 refs.append(env[name])
     return refs
+
+
+def run_secret_values(ctx: RunContext, resolve_secret: Any = None) -> list[str]:
+    """Every value that came from a reference, for any step of the run: each step inherits the
+    runner's environment, so a value read for one step must be masked in all of them."""
+    found: dict[str, None] = {}
+    for step in [None, *ctx.manifest.steps]:
+        for value in secret_values(environment(ctx, step, resolve_secret), ctx.manifest, step):
+            found[value] = None
+    return list(found)

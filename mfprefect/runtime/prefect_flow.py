@@ -50,6 +50,8 @@ class PrefectSteps:
         self.datastore = datastore
         self.secrets = dict(secrets)
         self.zygote = zygote
+        # Values from references anywhere in the run, masked in every step's output.
+        self.masked: list[str] | None = None
         # Step output waiting to be saved, and the one batch save under way.
         self.unsaved: list[tuple[dict[str, Any], Any]] = []
         self.saver: asyncio.Future[None] | None = None
@@ -115,9 +117,11 @@ class PrefectSteps:
                 clone_run_id=origin,
             )
             env = commands.environment(ctx, step, self.secrets.get)
-        masked = list(self.secrets.values()) + commands.secret_values(
-            env, self.manifest, None if step == "_parameters" else step
-        )
+        if self.masked is None:
+            self.masked = list(self.secrets.values()) + commands.run_secret_values(
+                ctx, self.secrets.get
+            )
+        masked = self.masked
 
         def on_line(stream: str, line: str) -> None:
             (logger.warning if stream == "stderr" else logger.info)(line)
