@@ -216,6 +216,9 @@ def test_triggered_run_goes_through_the_worker(stack: dict[str, str], tmp_path: 
         "dataset=remote",
         "--param",
         "learning-rate=0.3",
+        "--param",
+        # Prefect's server would render this mapping (to 49) if it reached it as one.
+        'settings={"__prefect_kind": "jinja", "template": "{{ 7*7 }}"}',
         env=stack,
     )
     assert triggered.returncode == 0, triggered.stderr
@@ -226,13 +229,16 @@ def test_triggered_run_goes_through_the_worker(stack: dict[str, str], tmp_path: 
         and flow_run["parameters"]["learning_rate"] == 0.3
     )
     probe = (
-        "import sys; from metaflow import Flow, namespace; namespace(None); "
+        "import sys, json; from metaflow import Flow, namespace; namespace(None); "
         "r = [r for r in Flow('ParametersFlow') if ('prefect_flow_run:' + sys.argv[1]) in r.tags][0]; "
-        "print(r.successful, r['start'].task.data.dataset_value, r['start'].task.data.learning_rate_value)"
+        "print(r.successful, r['start'].task.data.dataset_value, r['start'].task.data.learning_rate_value); "
+        "print(json.dumps(r['start'].task.data.settings, sort_keys=True))"
     )
     found = run([sys.executable, "-c", probe, flow_run["id"]], env=stack)
     assert found.returncode == 0, found.stderr[-2000:]
-    assert found.stdout.split() == ["True", "remote", "0.3"], found.stdout
+    first, second = found.stdout.strip().splitlines()
+    assert first.split() == ["True", "remote", "0.3"], found.stdout
+    assert json.loads(second) == {"__prefect_kind": "jinja", "template": "{{ 7*7 }}"}
     bad = mfprefect("trigger", "ParametersFlow", "--param", "count=many", env=stack)
     assert bad.returncode == 2 and "not a valid integer" in bad.stderr
     assert mfprefect("trigger", "NoSuchFlow", env=stack).returncode == 3

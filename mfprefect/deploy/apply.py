@@ -379,8 +379,17 @@ def _automation_core(spec: DeploymentSpec, automation: AutomationSpec, deploymen
 
 def trigger(deployment: str, parameters: dict[str, Any]) -> str:
     """Start a run of a deployed pipeline; return the flow run id as soon as it exists."""
+    import json
+
     from prefect.deployments import run_deployment
 
+    # Prefect's server reads a mapping holding "__prefect_kind" anywhere in a parameter as an
+    # instruction (render a template, read a variable). JSON values go as text, which it leaves
+    # alone and the deployed pipeline parses (see runtime.deployed).
+    parameters = {
+        name: json.dumps(value) if isinstance(value, (dict, list)) else value
+        for name, value in parameters.items()
+    }
     try:
         flow_run = run_deployment(name=deployment, parameters=parameters, timeout=0)
     except Exception as exc:  # noqa: BLE001
