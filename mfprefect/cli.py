@@ -16,6 +16,7 @@ import click
 from .errors import MfprefectError, UsageError
 
 MANIFEST_SUFFIXES = (".yaml", ".yml")
+ERROR_PREFIX = "mfprefect: error: "
 
 
 class _Group(click.Group):
@@ -180,7 +181,8 @@ def run_command(manifest: str, params: tuple[str, ...], tags: tuple[str, ...]) -
 
     loaded = load(*manifest_files((manifest,))[0])
     values = parse_assignments(loaded, params)
-    summary = run_locally(loaded, values, echo=lambda line: click.echo(line, err=True), tags=tags)
+    echo = lambda line: click.echo(line, err=True)  # noqa: E731
+    summary = run_locally(loaded, values, echo=echo, tags=tags, error_prefix=ERROR_PREFIX)
     click.echo(f"mfprefect: run {summary.pathspec} completed", err=True)
 
 
@@ -199,7 +201,9 @@ def resume_command(manifest: str, clone_run_id: str, tags: tuple[str, ...]) -> N
 
     loaded = load(*manifest_files((manifest,))[0])
     echo = lambda line: click.echo(line, err=True)  # noqa: E731
-    summary = run_locally(loaded, {}, echo=echo, tags=tags, clone_run_id=clone_run_id)
+    summary = run_locally(
+        loaded, {}, echo=echo, tags=tags, clone_run_id=clone_run_id, error_prefix=ERROR_PREFIX
+    )
     click.echo(f"mfprefect: run {summary.pathspec} completed", err=True)
 
 
@@ -443,7 +447,7 @@ def report(exc: MfprefectError) -> None:
         from .diagnostics import render
 
         click.echo(render(exc.diagnostics, "text"), err=True)
-    click.echo(f"mfprefect: error: {exc.message}", err=True)
+    click.echo(f"{ERROR_PREFIX}{exc.message}", err=True)
     if exc.hint:
         click.echo(exc.hint, err=True)
 

@@ -99,7 +99,11 @@ def main(data: dict[str, Any], script: str, argv: Sequence[str]) -> int:
         from .runtime.local import run_locally
 
         summary = run_locally(
-            manifest, values, echo=lambda line: print(line, file=sys.stderr), tags=tags
+            manifest,
+            values,
+            echo=lambda line: print(line, file=sys.stderr),
+            tags=tags,
+            error_prefix="mfprefect: error: ",
         )
     except MfprefectError as exc:
         report(exc)

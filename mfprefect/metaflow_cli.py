@@ -14,6 +14,9 @@ from metaflow.exception import MetaflowException
 from . import document, export
 from .errors import MfprefectError
 
+# How this command line starts an error message (runner.WAITER prints it the same way).
+ERROR_PREFIX = "mfprefect: "
+
 
 class UnsupportedFlow(MetaflowException):
     headline = "mfprefect cannot run this flow"
@@ -74,7 +77,9 @@ def run_command(obj: Any, run_tags: tuple[str, ...], **kwargs: Any) -> None:
         if value is not None:
             values[name] = value
     echo = lambda line: click.echo(line, err=True)  # noqa: E731
-    _report_run(lambda: run_locally(manifest, values, echo=echo, tags=run_tags))
+    _report_run(
+        lambda: run_locally(manifest, values, echo=echo, tags=run_tags, error_prefix=ERROR_PREFIX)
+    )
 
 
 @prefect.command(
@@ -92,7 +97,14 @@ def resume_command(obj: Any, clone_run_id: str, run_tags: tuple[str, ...]) -> No
     manifest = from_data(_checked_data(obj), str(Path.cwd() / "in-memory-manifest.yaml"))
     echo = lambda line: click.echo(line, err=True)  # noqa: E731
     _report_run(
-        lambda: run_locally(manifest, {}, echo=echo, tags=run_tags, clone_run_id=clone_run_id)
+        lambda: run_locally(
+            manifest,
+            {},
+            echo=echo,
+            tags=run_tags,
+            clone_run_id=clone_run_id,
+            error_prefix=ERROR_PREFIX,
+        )
     )
 
 
@@ -229,7 +241,7 @@ def _report(action: Any) -> None:
     try:
         action()
     except MfprefectError as exc:
-        click.secho(f"mfprefect: {exc.message}", fg="red", err=True)
+        click.secho(f"{ERROR_PREFIX}{exc.message}", fg="red", err=True)
         if exc.hint:
             click.echo(exc.hint, err=True)
         sys.exit(exc.exit_code)

@@ -248,6 +248,9 @@ def test_killing_the_command_stops_every_step_and_resume_finishes(
 ) -> None:
     env = _env(server, tmp_path, FAULT_MODE="hang", MFP_TEST_MARK=str(tmp_path))
     command, step_pids, output = _start_hanging_run(env, tmp_path)
+    # While the runner has the run, the command waits as a small stdlib-only Python.
+    with open(f"/proc/{command.pid}/cmdline", "rb") as handle:
+        assert handle.read().split(b"\0")[1:4] == [b"-I", b"-S", b"-c"]
     command.send_signal(signal.SIGKILL)
     command.wait()
     assert not _wait_gone(step_pids), "a step process outlived the command"

@@ -37,8 +37,13 @@ def run_locally(
     echo: Callable[[str], None],
     tags: tuple[str, ...] = (),
     clone_run_id: str | None = None,
+    error_prefix: str | None = None,
 ) -> RunSummary:
-    """Run the pipeline against PREFECT_API_URL or mfprefect's local server."""
+    """Run the pipeline against PREFECT_API_URL or mfprefect's local server.
+
+    A command line passes its `error_prefix`: once the local runner has the run, this process
+    becomes a small waiter that prints the outcome with that prefix and exits (no return).
+    """
     from . import local_server
 
     if not os.environ.get("PREFECT_API_URL"):
@@ -49,7 +54,18 @@ def run_locally(
     summary = None
     if runner.enabled() and _real_stdio():
         # The long-lived runner has Prefect imported already; this process never imports it.
-        summary = runner.run(manifest, parameters, echo=echo, tags=tags, clone_run_id=clone_run_id)
+        # A command line that names its error prefix hands the waiting over (runner.WAITER).
+        handoff = None
+        if error_prefix is not None:
+            handoff = runner.Handoff(error_prefix, str(local_server.last_used_file()))
+        summary = runner.run(
+            manifest,
+            parameters,
+            echo=echo,
+            tags=tags,
+            clone_run_id=clone_run_id,
+            handoff=handoff,
+        )
         if summary is None:
             echo("mfprefect: the local runner is busy with another run; running in this process")
     if summary is None:

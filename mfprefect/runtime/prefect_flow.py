@@ -319,7 +319,7 @@ async def execute(manifest: Manifest, parameters: Mapping[str, Any], options: Ru
     )
     for step in [None, *manifest.steps]:
         commands.environment(ctx, step, secrets.get)
-    zygote = options.zygote or _start_zygote(commands.runtime_environment(ctx))
+    zygote = options.zygote or _start_zygote(manifest, commands.runtime_environment(ctx))
     steps = PrefectSteps(manifest, datastore, secrets, zygote)
     runner = engine.Runner(
         manifest,
@@ -350,12 +350,12 @@ async def execute(manifest: Manifest, parameters: Mapping[str, Any], options: Ru
 FORK_ENV = "MFPREFECT_FORK_STEPS"
 
 
-def _start_zygote(env: Mapping[str, str]) -> Zygote | None:
+def _start_zygote(manifest: Manifest, env: Mapping[str, str]) -> Zygote | None:
     """The run's step launcher, unless MFPREFECT_FORK_STEPS=0 asks for fresh processes."""
     if os.environ.get(FORK_ENV, "1") == "0" or not hasattr(os, "fork"):
         return None
     try:
-        return Zygote(env, os.getcwd())
+        return Zygote(env, os.getcwd(), str(manifest.flow_path().parent))
     except OSError:
         return None
 
@@ -459,7 +459,7 @@ def run_manifest(
         clone_run_id=clone_run_id,
         clones=clones,
         origin_parameters=origin_parameters,
-        zygote=_start_zygote(commands.runtime_environment(shared)),
+        zygote=_start_zygote(manifest, commands.runtime_environment(shared)),
     )
     prefect_flow = build_flow(manifest, options)
     try:

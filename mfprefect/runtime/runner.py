@@ -39,6 +39,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -154,9 +155,14 @@ def run(
     echo: Echo,
     tags: tuple[str, ...] = (),
     clone_run_id: str | None = None,
+    handoff: Handoff | None = None,
 ) -> RunSummary | None:
     """Run the pipeline in the local runner (starting it if needed); return its RunSummary, or
-    None when the runner is busy with another command's run (run it in this process then)."""
+    None when the runner is busy with another command's run (run it in this process then).
+
+    With `handoff`, once the runner has the run this process becomes a small waiter (see
+    WAITER) that reports the outcome as the command would and exits with its code.
+    """
     key = fingerprint(os.environ)
     conn, fresh = _connect(key, echo)
     conn.settimeout(START_TIMEOUT_SECONDS if fresh else ACCEPT_WAIT_SECONDS)
@@ -187,6 +193,8 @@ def run(
         payload = (json.dumps(request) + "\n").encode()
         conn.sendall(payload[:-1])
         socket.send_fds(conn, [payload[-1:]], [sys.stdout.fileno(), sys.stderr.fileno()])
+        if handoff is not None:
+            _become_waiter(conn, handoff)
         try:
             answer = _read_all(conn)
         except KeyboardInterrupt:
@@ -214,6 +222,77 @@ def run(
     return RunSummary(reply["pathspec"], reply.get("flow_run_id"))
 
 
+@dataclass(frozen=True)
+class Handoff:
+    """How the command reports the end of a run: its error prefix, and a file to touch."""
+
+    error_prefix: str
+    touch: str = ""
+
+
+# While the run goes on, the command's own process (Metaflow, the flow, mfprefect: ~50 MB) has
+# nothing left to do but wait. It replaces itself with this: Python without site-packages (~9
+# MB) that waits for the runner's answer, passes Ctrl-C on as the command would, prints the last
+# line(s) the command would print and exits with its code. Only the standard library, on purpose.
+WAITER = r"""
+import json, os, socket, sys
+fd, prefix, touch = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+conn = socket.socket(fileno=fd)
+
+def read_all():
+    data = b""
+    while True:
+        chunk = conn.recv(65536)
+        if not chunk:
+            return data
+        data += chunk
+
+def say(line):
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+try:
+    answer = read_all()
+    reply = json.loads(answer.splitlines()[0]) if answer.strip() else None
+except KeyboardInterrupt:
+    say("mfprefect: interrupted; stopping the run's steps ...")
+    try:
+        conn.shutdown(socket.SHUT_WR)
+        conn.settimeout(float(sys.argv[5]))
+        read_all()
+    except OSError:
+        pass
+    reply = {"error": {"exit_code": 3, "message": "interrupted: the run's steps were stopped",
+                       "hint": "`resume` the run to finish it"}}
+if reply is None:
+    reply = {"error": {"exit_code": 3, "message": "the local runner stopped before the run finished",
+                       "hint": "see " + sys.argv[4] + "; `resume` the run to finish it"}}
+if touch:
+    try:
+        os.utime(touch, None)
+    except OSError:
+        pass
+error = reply.get("error")
+if error:
+    say(prefix + str(error.get("message")))
+    if error.get("hint"):
+        say(str(error["hint"]))
+    sys.exit(int(error.get("exit_code", 3)))
+say("mfprefect: run " + reply["pathspec"] + " completed")
+"""
+
+
+def _become_waiter(conn: socket.socket, handoff: Handoff) -> None:
+    """Replace this process with WAITER, which keeps the connection to the runner."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    fd = conn.fileno()
+    os.set_inheritable(fd, True)
+    log = str(_log_path(fingerprint(os.environ)))
+    args = [str(fd), handoff.error_prefix, handoff.touch, log, str(STOP_WAIT_SECONDS)]
+    os.execv(sys.executable, [sys.executable, "-I", "-S", "-c", WAITER, *args])
+
+
 def _read_all(conn: socket.socket) -> bytes:
     answer = b""
     while True:
@@ -239,6 +318,8 @@ def _connect(key: str, echo: Echo) -> tuple[socket.socket, bool]:
     with open(log, "ab") as sink:
         starter = subprocess.Popen(
             [sys.executable, "-m", "mfprefect.runtime.runner", key],
+            # Fewer malloc arenas: Prefect's threads would otherwise each keep freed memory.
+            env={**os.environ, "MALLOC_ARENA_MAX": os.environ.get("MALLOC_ARENA_MAX", "2")},
             stdin=subprocess.DEVNULL,
             stdout=sink,
             stderr=sink,
@@ -406,6 +487,18 @@ class _Home:
         import prefect.context
 
         prefect.context.refresh_global_settings_context()
+        _release_free_memory()
+
+
+def _release_free_memory() -> None:
+    """Hand memory a finished run freed back to the system (glibc keeps it otherwise)."""
+    import gc
+
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def _serve_run(conn: socket.socket) -> None:

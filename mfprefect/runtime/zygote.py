@@ -70,6 +70,16 @@ def _preload() -> dict[str, Any]:
     return {name: main[name] for name in set(main) - before}
 
 
+def _read_git_info(flow_dir: str) -> None:
+    """Metaflow records the flow folder's git state in every task, asking git four times per
+    process (and caching the answer). Asked once here, the answer is the run's: every forked
+    step inherits it, as of the run's start."""
+    with contextlib.suppress(Exception):
+        from metaflow import metaflow_git
+
+        metaflow_git.get_repository_info(flow_dir)
+
+
 def _die_with_parent(sig: int = signal.SIGKILL) -> None:
     """Ask the kernel to send `sig` to this process when the one that started it dies."""
     with contextlib.suppress(OSError, AttributeError):
@@ -161,7 +171,7 @@ def _send(conn: socket.socket, message: dict[str, Any]) -> None:
         conn.sendall((json.dumps(message) + "\n").encode())
 
 
-def serve(address: str) -> int:
+def serve(address: str, flow_dir: str) -> int:
     """Preload Metaflow, say ready on stdout, then fork steps until stdin closes.
 
     If the runner dies, the kernel sends SIGTERM, and the steps' process groups are killed on
@@ -170,6 +180,7 @@ def serve(address: str) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     _die_with_parent(signal.SIGTERM)
     main_globals = _preload()
+    _read_git_info(flow_dir)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(address)
     listener.listen(64)
@@ -315,12 +326,12 @@ class ForkedProcess:
 class Zygote:
     """The runner's handle on one run's zygote; `spawn` falls back to exec when it must."""
 
-    def __init__(self, env: Mapping[str, str], cwd: str) -> None:
+    def __init__(self, env: Mapping[str, str], cwd: str, flow_dir: str) -> None:
         self.env = dict(env)
         self._folder = tempfile.mkdtemp(prefix="mfprefect-zygote-")
         self.address = os.path.join(self._folder, "socket")
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "mfprefect.runtime.zygote", self.address],
+            [sys.executable, "-m", "mfprefect.runtime.zygote", self.address, flow_dir],
             env=self.env,
             cwd=cwd,
             stdin=subprocess.PIPE,
@@ -444,4 +455,4 @@ class Zygote:
 
 
 if __name__ == "__main__":
-    sys.exit(serve(sys.argv[1]))
+    sys.exit(serve(sys.argv[1], sys.argv[2]))
