@@ -13,6 +13,7 @@ from typing import Any
 from prefect import flow, get_run_logger, tags, task
 from prefect.artifacts import acreate_markdown_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.context import TagsContext
 from prefect.runtime import flow_run as flow_run_info
 from prefect.runtime import task_run as task_run_info
 
@@ -300,6 +301,14 @@ class RunOptions:
 
 async def execute(manifest: Manifest, parameters: Mapping[str, Any], options: RunOptions) -> str:
     """Inside a flow run: run every step of the pipeline; return the Metaflow run's pathspec."""
+    # The run's tags (`metaflow_run:...`, a deployment's) mark the flow run. Task runs carry
+    # only their own (from @resources): Prefect takes a concurrency lease for every tag a task
+    # run has, a request and a service thread per distinct set of tags.
+    with TagsContext(current_tags=set()):
+        return await _execute(manifest, parameters, options)
+
+
+async def _execute(manifest: Manifest, parameters: Mapping[str, Any], options: RunOptions) -> str:
     datastore = Datastore.for_manifest(manifest)
     values = commands.parameter_values(manifest, {**options.origin_parameters, **parameters})
     secrets = await resolve_secrets(manifest)

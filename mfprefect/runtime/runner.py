@@ -487,7 +487,17 @@ class _Home:
         import prefect.context
 
         prefect.context.refresh_global_settings_context()
+        _stop_run_services()
         _release_free_memory()
+
+
+def _stop_run_services() -> None:
+    """Prefect starts a concurrency-slot service (a thread) per distinct set of task tags; the
+    runner outlives many runs, so it stops them after each one."""
+    with contextlib.suppress(Exception):
+        from prefect.concurrency.services import ConcurrencySlotAcquisitionWithLeaseService
+
+        ConcurrencySlotAcquisitionWithLeaseService.drain_all(timeout=5)
 
 
 def _release_free_memory() -> None:
