@@ -70,14 +70,16 @@ def _preload() -> dict[str, Any]:
     return {name: main[name] for name in set(main) - before}
 
 
-def _read_git_info(flow_dir: str) -> None:
-    """Metaflow records the flow folder's git state in every task, asking git four times per
-    process (and caching the answer). Asked once here, the answer is the run's: every forked
-    step inherits it, as of the run's start."""
+def _ask_git_once(flow_dir: str) -> None:
+    """Every Metaflow task records the flow folder's git state and Metaflow's own version,
+    asking git for them (several processes each) and caching the answers per process. Asked
+    once here, the answers are the run's: every forked step inherits them, as of its start."""
     with contextlib.suppress(Exception):
-        from metaflow import metaflow_git
+        from metaflow import metaflow_git, metaflow_version
 
         metaflow_git.get_repository_info(flow_dir)
+        metaflow_version.get_version()
+        metaflow_version.get_version(public=True)
 
 
 def _die_with_parent(sig: int = signal.SIGKILL) -> None:
@@ -180,7 +182,7 @@ def serve(address: str, flow_dir: str) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     _die_with_parent(signal.SIGTERM)
     main_globals = _preload()
-    _read_git_info(flow_dir)
+    _ask_git_once(flow_dir)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(address)
     listener.listen(64)
