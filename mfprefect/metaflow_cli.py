@@ -14,7 +14,7 @@ from metaflow.exception import MetaflowException
 from . import document, export
 from .errors import MfprefectError
 
-# How this command line starts an error message (runner.WAITER prints it the same way).
+# How this command line starts an error message (runtime/waiter.py prints it the same way).
 ERROR_PREFIX = "mfprefect: "
 
 

@@ -9,6 +9,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +74,21 @@ def stop_local_server(env: dict[str, str]) -> None:
         [sys.executable, "-m", "mfprefect.runtime.local_server", "stop"], env=env, timeout=60
     )
     assert stopped.returncode == 0, stopped.stderr
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """mfprefect's own local server in a private MFPREFECT_HOME, stopped at the end (its local
+    runner with it). `_API_URL` holds the server's URL; PREFECT_API_URL stays unset, as for a user
+    who set nothing up."""
+    home = tmp_path_factory.mktemp("mfprefect-home")
+    env = flow_env(home)
+    env["MFPREFECT_HOME"] = str(home)
+    env.pop("PREFECT_API_URL", None)
+    env["_API_URL"] = start_local_server(env)
+    yield env
+    stop_local_server(env)
+    assert not list((home / "runner").glob("*.pid")), "a runner outlived `local_server stop`"
 
 
 def prefect_api(url: str, method: str, path: str, body: dict | None = None) -> Any:

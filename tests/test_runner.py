@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import flow_cli, flow_env, mfprefect, run, start_local_server, stop_local_server
+from conftest import flow_cli, mfprefect, run
 
 from mfprefect.runtime.zygote import fork_compatible
 
@@ -35,18 +35,6 @@ def test_fork_compatible_compares_only_what_is_read_at_import() -> None:
     assert not fork_compatible(dict(base, PYTHONPATH="/x"), base)
     assert not fork_compatible(dict(base, USER="b"), base)
     assert not fork_compatible({k: v for k, v in base.items() if k != "USER"}, base)
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    home = tmp_path_factory.mktemp("mfprefect-home")
-    env = flow_env(home)
-    env["MFPREFECT_HOME"] = str(home)
-    env.pop("PREFECT_API_URL", None)
-    env["_API_URL"] = start_local_server(env)
-    yield env
-    stop_local_server(env)
-    assert not list((home / "runner").glob("*.pid")), "a runner outlived `local_server stop`"
 
 
 def _env(server: dict[str, str], tmp_path: Path, **extra: str) -> dict[str, str]:
@@ -250,7 +238,8 @@ def test_killing_the_command_stops_every_step_and_resume_finishes(
     command, step_pids, output = _start_hanging_run(env, tmp_path)
     # While the runner has the run, the command waits as a small stdlib-only Python.
     with open(f"/proc/{command.pid}/cmdline", "rb") as handle:
-        assert handle.read().split(b"\0")[1:4] == [b"-I", b"-S", b"-c"]
+        argv = handle.read().split(b"\0")
+    assert argv[1:3] == [b"-I", b"-S"] and argv[3].endswith(b"mfprefect/runtime/waiter.py")
     command.send_signal(signal.SIGKILL)
     command.wait()
     assert not _wait_gone(step_pids), "a step process outlived the command"

@@ -8,19 +8,16 @@ import re
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from conftest import (
     EXAMPLES,
     flow_cli,
-    flow_env,
     mfprefect,
     prefect_api,
     run,
-    start_local_server,
-    stop_local_server,
 )
 
 HERE = Path(__file__).resolve().parent
@@ -29,18 +26,6 @@ EXAMPLE_FLOWS = sorted(EXAMPLES.glob("*_flow.py"))
 EXTRA_ARGS = {"parameters_flow": ["--dataset", "d1"]}
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    """mfprefect's own local server in a private MFPREFECT_HOME, stopped at the end."""
-    home = tmp_path_factory.mktemp("mfprefect-home")
-    env = flow_env(home)
-    env["MFPREFECT_HOME"] = str(home)
-    env.pop("PREFECT_API_URL", None)
-    env["_API_URL"] = start_local_server(env)
-    yield env
-    stop_local_server(env)
 
 
 def _pathspec(stderr: str) -> str:

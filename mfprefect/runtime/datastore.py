@@ -90,24 +90,15 @@ class Datastore:
 
         ds.save_logs(RUNTIME_LOG_SOURCE, {"stdout": encode(stdout), "stderr": encode(stderr)})
 
-    def finish(
-        self,
-        pathspec: str,
-        attempt: int,
-        stdout: Sequence[str],
-        stderr: Sequence[str],
-        read: Sequence[str] = (),
-        names: bool = False,
-    ) -> TaskRecord:
-        """After a step process: save its logs, then read what the walk needs from its task."""
-        log_error = None
-        try:
-            self.save_logs(pathspec, attempt, stdout, stderr)
-        except OSError as exc:  # a full disk must not hide why the step itself failed
-            log_error = str(exc)
-        record = self.inspect(pathspec, attempt, read, names)
-        record.log_error = log_error
-        return record
+    def save_all_logs(self, tasks: Sequence[dict[str, Any]]) -> dict[str, str]:
+        """`save_logs` for each {pathspec, attempt, stdout, stderr}; the errors by pathspec."""
+        errors = {}
+        for task in tasks:
+            try:
+                self.save_logs(task["pathspec"], task["attempt"], task["stdout"], task["stderr"])
+            except OSError as exc:
+                errors[task["pathspec"]] = str(exc)
+        return errors
 
     def inspect(
         self, pathspec: str, attempt: int, read: Sequence[str] = (), names: bool = False
@@ -157,12 +148,11 @@ class Datastore:
 
 @dataclass
 class TaskRecord:
-    """What the runner learns from a finished task (see `Datastore.finish`)."""
+    """What the runner learns from a finished task (see `Datastore.inspect`)."""
 
     ok: bool
     values: dict[str, Any] = field(default_factory=dict)
     names: list[str] = field(default_factory=list)
-    log_error: str | None = None
 
 
 def plain(value: Any) -> Any:
@@ -189,13 +179,7 @@ def call(op: str, args: dict[str, Any]) -> dict[str, Any]:
     os.unlink(lines_file)
     if op != "save_logs":
         raise ValueError(f"unknown datastore call {op!r}")
-    errors = {}
-    for task in tasks:
-        try:
-            store.save_logs(task["pathspec"], task["attempt"], task["stdout"], task["stderr"])
-        except OSError as exc:
-            errors[task["pathspec"]] = str(exc)
-    return {"errors": errors}
+    return {"errors": store.save_all_logs(tasks)}
 
 
 def _task_order(task_id: str) -> tuple[int, str]:

@@ -54,7 +54,7 @@ def run_locally(
     summary = None
     if runner.enabled() and _real_stdio():
         # The long-lived runner has Prefect imported already; this process never imports it.
-        # A command line that names its error prefix hands the waiting over (runner.WAITER).
+        # A command line that names its error prefix hands the waiting over (runtime/waiter.py).
         handoff = None
         if error_prefix is not None:
             handoff = runner.Handoff(error_prefix, str(local_server.last_used_file()))

@@ -182,10 +182,9 @@ def _is_our_server(pid: object, port: object) -> bool:
     return command is not None and "prefect" in command and f"--port {port}" in command
 
 
-def last_used_file() -> Path | str:
-    """The file whose mtime is the idle clock ("" when mfprefect's server has no state here)."""
-    path = _last_used_path()
-    return path if path.exists() else ""
+def last_used_file() -> Path:
+    """The file whose mtime is the idle clock (see `touch`)."""
+    return _last_used_path()
 
 
 def touch() -> None:

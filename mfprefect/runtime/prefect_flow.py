@@ -228,31 +228,23 @@ class PrefectSteps:
             self.saver = asyncio.ensure_future(self._save_batches())
 
     async def _save_batches(self) -> None:
-        store = self.datastore
-        where = {"flow_name": store.flow_name, "kind": store.kind, "root": store.root}
         while self.unsaved:
             # Saving takes a process like a step does, so it waits for a free slot too: the run
             # never has more than `parallelism` processes of its own at once.
             async with self.semaphore:
-                await self._save_batch(where)
+                await self._save_batch()
 
-    async def _save_batch(self, where: dict[str, Any]) -> None:
+    async def _save_batch(self) -> None:
         store = self.datastore
+        where = {"flow_name": store.flow_name, "kind": store.kind, "root": store.root}
         if self.unsaved:
             batch, self.unsaved = self.unsaved, []
             tasks = [task for task, _ in batch]
-            errors: dict[str, str] = {}
             try:
                 if self.zygote is not None and await self.zygote.ready():
                     errors = (await self.zygote.call("save_logs", where, tasks))["errors"]
                 else:
-                    for task in tasks:
-                        try:
-                            store.save_logs(
-                                task["pathspec"], task["attempt"], task["stdout"], task["stderr"]
-                            )
-                        except OSError as exc:
-                            errors[task["pathspec"]] = str(exc)
+                    errors = store.save_all_logs(tasks)
             except OSError as exc:
                 errors = {task["pathspec"]: str(exc) for task in tasks}
             for task, logger in batch:

@@ -45,6 +45,7 @@ from typing import Any
 
 from ..errors import ManifestError, MfprefectError, RuntimeFailure, UsageError
 from ..manifest import Manifest
+from . import waiter
 from .datastore import Datastore
 from .engine import RunSummary
 
@@ -59,8 +60,6 @@ ACCEPTED = b"+"
 ACCEPT_WAIT_SECONDS = 1.0
 # A long-lived process that runs user pipelines starts afresh now and then.
 RECYCLE_AFTER_RUNS = 200
-# After Ctrl-C, how long the command waits for the run to stop its steps.
-STOP_WAIT_SECONDS = 20.0
 _MAX_REQUEST = 64 * 1024 * 1024
 
 Echo = Callable[[str], None]
@@ -161,7 +160,7 @@ def run(
     None when the runner is busy with another command's run (run it in this process then).
 
     With `handoff`, once the runner has the run this process becomes a small waiter (see
-    WAITER) that reports the outcome as the command would and exits with its code.
+    waiter.py) that reports the outcome as the command would and exits with its code.
     """
     key = fingerprint(os.environ)
     conn, fresh = _connect(key, echo)
@@ -194,29 +193,10 @@ def run(
         conn.sendall(payload[:-1])
         socket.send_fds(conn, [payload[-1:]], [sys.stdout.fileno(), sys.stderr.fileno()])
         if handoff is not None:
-            _become_waiter(conn, handoff)
-        try:
-            answer = _read_all(conn)
-        except KeyboardInterrupt:
-            # Ctrl-C: tell the run to stop, and wait (a little) while it stops its steps.
-            echo("mfprefect: interrupted; stopping the run's steps ...")
-            with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_WR)
-            conn.settimeout(STOP_WAIT_SECONDS)
-            with contextlib.suppress(OSError):
-                _read_all(conn)
-            raise RuntimeFailure(
-                "interrupted: the run's steps were stopped",
-                hint="`resume` the run to finish it",
-            ) from None
+            _become_waiter(conn, handoff, key)
+        reply = waiter.reply(conn, str(_log_path(key)))
     finally:
         conn.close()
-    if not answer.strip():
-        raise RuntimeFailure(
-            "the local runner stopped before the run finished",
-            hint=f"see {_log_path(key)}; `resume` the run to finish it",
-        )
-    reply = json.loads(answer.splitlines()[0])
     if "error" in reply:
         raise _error(reply["error"])
     return RunSummary(reply["pathspec"], reply.get("flow_run_id"))
@@ -230,76 +210,14 @@ class Handoff:
     touch: str = ""
 
 
-# While the run goes on, the command's own process (Metaflow, the flow, mfprefect: ~50 MB) has
-# nothing left to do but wait. It replaces itself with this: Python without site-packages (~9
-# MB) that waits for the runner's answer, passes Ctrl-C on as the command would, prints the last
-# line(s) the command would print and exits with its code. Only the standard library, on purpose.
-WAITER = r"""
-import json, os, socket, sys
-fd, prefix, touch = int(sys.argv[1]), sys.argv[2], sys.argv[3]
-conn = socket.socket(fileno=fd)
-
-def read_all():
-    data = b""
-    while True:
-        chunk = conn.recv(65536)
-        if not chunk:
-            return data
-        data += chunk
-
-def say(line):
-    sys.stderr.write(line + "\n")
-    sys.stderr.flush()
-
-try:
-    answer = read_all()
-    reply = json.loads(answer.splitlines()[0]) if answer.strip() else None
-except KeyboardInterrupt:
-    say("mfprefect: interrupted; stopping the run's steps ...")
-    try:
-        conn.shutdown(socket.SHUT_WR)
-        conn.settimeout(float(sys.argv[5]))
-        read_all()
-    except OSError:
-        pass
-    reply = {"error": {"exit_code": 3, "message": "interrupted: the run's steps were stopped",
-                       "hint": "`resume` the run to finish it"}}
-if reply is None:
-    reply = {"error": {"exit_code": 3, "message": "the local runner stopped before the run finished",
-                       "hint": "see " + sys.argv[4] + "; `resume` the run to finish it"}}
-if touch:
-    try:
-        os.utime(touch, None)
-    except OSError:
-        pass
-error = reply.get("error")
-if error:
-    say(prefix + str(error.get("message")))
-    if error.get("hint"):
-        say(str(error["hint"]))
-    sys.exit(int(error.get("exit_code", 3)))
-say("mfprefect: run " + reply["pathspec"] + " completed")
-"""
-
-
-def _become_waiter(conn: socket.socket, handoff: Handoff) -> None:
-    """Replace this process with WAITER, which keeps the connection to the runner."""
+def _become_waiter(conn: socket.socket, handoff: Handoff, key: str) -> None:
+    """Replace this process with waiter.py, which keeps the connection to the runner."""
     sys.stdout.flush()
     sys.stderr.flush()
     fd = conn.fileno()
     os.set_inheritable(fd, True)
-    log = str(_log_path(fingerprint(os.environ)))
-    args = [str(fd), handoff.error_prefix, handoff.touch, log, str(STOP_WAIT_SECONDS)]
-    os.execv(sys.executable, [sys.executable, "-I", "-S", "-c", WAITER, *args])
-
-
-def _read_all(conn: socket.socket) -> bytes:
-    answer = b""
-    while True:
-        data = conn.recv(65536)
-        if not data:
-            return answer
-        answer += data
+    args = [str(fd), handoff.error_prefix, handoff.touch, str(_log_path(key))]
+    os.execv(sys.executable, [sys.executable, "-I", "-S", waiter.__file__, *args])
 
 
 def _error(error: Mapping[str, Any]) -> MfprefectError:
