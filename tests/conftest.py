@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import strategies as st
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -113,3 +114,35 @@ def prefect_api(url: str, method: str, path: str, body: dict | None = None) -> A
                 raise
             time.sleep(0.5 * (attempt + 1))
     return None
+
+
+def containers(data: Any, path: tuple = ()) -> Iterator[tuple[tuple, Any]]:
+    """(path, container) for every dict and list inside `data`, the root included."""
+    yield path, data
+    items = data.items() if isinstance(data, dict) else enumerate(data)
+    for key, value in items:
+        if isinstance(value, (dict, list)):
+            yield from containers(value, path + (key,))
+
+
+def mutate(draw: Any, data: Any, *, keys: Any, values: Any, steps: int) -> Any:
+    """1 to `steps` structural edits of `data` in place (a hypothesis `draw`): delete, replace,
+    rename (to a key drawn from `keys`) or insert (a value drawn from `values`)."""
+    for _ in range(draw(st.integers(min_value=1, max_value=steps))):
+        _, target = draw(st.sampled_from(list(containers(data))))
+        action = draw(st.sampled_from(["delete", "replace", "rename", "insert"]))
+        found = list(target) if isinstance(target, dict) else list(range(len(target)))
+        if action == "insert" or not found:
+            if isinstance(target, dict):
+                target[draw(keys)] = draw(values)
+            else:
+                target.append(draw(values))
+            continue
+        key = draw(st.sampled_from(found))
+        if action == "delete":
+            del target[key]
+        elif action == "replace" or not isinstance(target, dict):
+            target[key] = draw(values)
+        else:
+            target[draw(keys)] = target.pop(key)
+    return data

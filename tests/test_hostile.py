@@ -38,7 +38,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
-from conftest import EXAMPLES
+from conftest import EXAMPLES, mutate
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -505,35 +505,11 @@ _VALUES = st.recursive(
 )
 
 
-def _containers(data: Any, path: tuple = ()) -> Iterator[tuple[tuple, Any]]:
-    yield path, data
-    items = data.items() if isinstance(data, dict) else enumerate(data)
-    for key, value in items:
-        if isinstance(value, (dict, list)):
-            yield from _containers(value, path + (key,))
-
-
 @st.composite
 def _mutants(draw: st.DrawFn) -> Any:
     data = json.loads(json.dumps(_BASE))
-    for _ in range(draw(st.integers(min_value=1, max_value=3))):
-        _, target = draw(st.sampled_from(list(_containers(data))))
-        keys = list(target) if isinstance(target, dict) else list(range(len(target)))
-        action = draw(st.sampled_from(["delete", "replace", "rename", "insert"]))
-        if action == "insert" or not keys:
-            if isinstance(target, dict):
-                target[draw(st.one_of(st.text(max_size=8), _HOSTILE_TEXT))] = draw(_VALUES)
-            else:
-                target.append(draw(_VALUES))
-            continue
-        key = draw(st.sampled_from(keys))
-        if action == "delete":
-            del target[key]
-        elif action == "replace" or not isinstance(target, dict):
-            target[key] = draw(_VALUES)
-        else:
-            target[draw(_HOSTILE_TEXT)] = target.pop(key)
-    return data
+    keys = st.one_of(st.text(max_size=8), _HOSTILE_TEXT)
+    return mutate(draw, data, keys=keys, values=_VALUES, steps=3)
 
 
 @st.composite

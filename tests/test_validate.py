@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from conftest import mutate
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -732,39 +733,10 @@ _json_values = st.recursive(
 )
 
 
-def _containers(data, path=()):
-    """(path, container) for every dict and list inside `data`, the root included."""
-    yield path, data
-    items = data.items() if isinstance(data, dict) else enumerate(data)
-    for key, value in items:
-        if isinstance(value, (dict, list)):
-            yield from _containers(value, path + (key,))
-
-
 @st.composite
 def _mutated(draw):
     data = copy.deepcopy(_BASE_DATA)
-    for _ in range(draw(st.integers(min_value=1, max_value=4))):
-        containers = list(_containers(data))
-        _, target = draw(st.sampled_from(containers))
-        action = draw(st.sampled_from(["delete", "replace", "rename", "insert"]))
-        keys = list(target) if isinstance(target, dict) else list(range(len(target)))
-        if action == "insert" or not keys:
-            if isinstance(target, dict):
-                target[draw(st.text(max_size=12))] = draw(_json_values)
-            else:
-                target.append(draw(_json_values))
-            continue
-        key = draw(st.sampled_from(keys))
-        if action == "delete":
-            del target[key]
-        elif action == "replace":
-            target[key] = draw(_json_values)
-        elif isinstance(target, dict):
-            target[draw(st.text(max_size=12))] = target.pop(key)
-        else:
-            target[key] = draw(_json_values)
-    return data
+    return mutate(draw, data, keys=st.text(max_size=12), values=_json_values, steps=4)
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
