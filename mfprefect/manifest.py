@@ -124,6 +124,17 @@ class FlowFinishedTrigger:
 
 
 @dataclass(frozen=True)
+class CodeSource:
+    """Where a deployed run finds the flow's code (`deployment.code`)."""
+
+    kind: str = "package"  # package | git | path
+    url: str | None = None
+    ref: str | None = None
+    path: str | None = None
+    credentials: SecretRef | None = None
+
+
+@dataclass(frozen=True)
 class Deployment:
     name: str | None
     work_pool: str | None
@@ -134,6 +145,8 @@ class Deployment:
     timeout_seconds: int | None
     parallelism: int
     environment: Mapping[str, EnvValue]
+    code: CodeSource = CodeSource()
+    job_variables: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -184,6 +197,19 @@ def _env_value(raw: Any) -> EnvValue:
     if isinstance(raw, dict):
         return SecretRef(raw["secret"]) if "secret" in raw else EnvRef(raw["env"])
     return str(raw)
+
+
+def _code_source(raw: Any) -> CodeSource:
+    if not raw:
+        return CodeSource()
+    credentials = raw.get("credentials")
+    return CodeSource(
+        kind=raw["kind"],
+        url=raw.get("url"),
+        ref=raw.get("ref"),
+        path=raw.get("path"),
+        credentials=SecretRef(credentials["secret"]) if credentials else None,
+    )
 
 
 def _step(name: str, raw: dict[str, Any]) -> StepSpec:
@@ -249,6 +275,8 @@ def from_data(data: dict[str, Any], path: str | None = None) -> Manifest:
             timeout_seconds=deployment["timeout_seconds"],
             parallelism=deployment["parallelism"],
             environment={k: _env_value(v) for k, v in deployment["environment"].items()},
+            code=_code_source(deployment.get("code")),
+            job_variables=dict(deployment.get("job_variables") or {}),
         ),
         runtime=RuntimeSettings(
             runtime["metadata"],
@@ -618,7 +646,63 @@ def _rule_diagnostics(doc: yamlsafe.Document) -> list[Diagnostic]:
     out += _schedule_rules(doc, data.get("schedule"))
     out += _trigger_rules(doc, data.get("triggers"), _mapping(data, "parameters"), hints)
     out += _tag_rules(doc, _mapping(data, "deployment").get("tags"))
+    out += _job_variable_rules(doc, _mapping(data, "deployment").get("job_variables"))
+    out += _runtime_rules(doc, _mapping(data, "runtime"))
     return out
+
+
+# Job-variable `env` names mfprefect sets itself on every deployment (see deploy.desired).
+RESERVED_ENV_PREFIXES = ("MFPREFECT_", "METAFLOW_CODE_")
+REMOTE_DATASTORES = ("s3", "azure", "gs")
+
+
+def _job_variable_rules(doc: yamlsafe.Document, job_variables: Any) -> list[Diagnostic]:
+    if not isinstance(job_variables, dict):
+        return []
+    env = job_variables.get("env")
+    if env is None:
+        return []
+    where = ("deployment", "job_variables", "env")
+    if not isinstance(env, dict):
+        return [
+            doc.diagnostic(
+                where, "deployment.job-env", "must be a mapping of variable names to strings"
+            )
+        ]
+    out = []
+    for name, value in list(env.items())[:1000]:
+        if str(name).startswith(RESERVED_ENV_PREFIXES):
+            out.append(
+                doc.diagnostic(
+                    (*where, name),
+                    "deployment.reserved",
+                    f"`{name}` is set by mfprefect itself on every deployment; choose another name",
+                )
+            )
+        elif not isinstance(value, str):
+            out.append(
+                doc.diagnostic(
+                    (*where, name),
+                    "deployment.job-env",
+                    f"expected a string, got {_describe(value)} (quote it)",
+                )
+            )
+    return out
+
+
+def _runtime_rules(doc: yamlsafe.Document, runtime: dict[str, Any]) -> list[Diagnostic]:
+    if runtime.get("datastore") in REMOTE_DATASTORES and runtime.get("metadata") == "local":
+        return [
+            doc.diagnostic(
+                ("runtime", "metadata"),
+                "runtime.local-metadata",
+                f"a remote datastore ({runtime['datastore']}) with local metadata: a run on a "
+                "worker is recorded only on that worker, so Metaflow's client elsewhere cannot "
+                "find it; use `metadata: service` (METAFLOW_SERVICE_URL on every worker)",
+                severity=WARNING,
+            )
+        ]
+    return []
 
 
 def _tag_rules(doc: yamlsafe.Document, tags: Any) -> list[Diagnostic]:

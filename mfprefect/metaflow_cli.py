@@ -222,6 +222,21 @@ def trigger_command(
     _report(trigger)
 
 
+@prefect.command(name="package", hidden=True, help="Store this flow's code package (for apply).")
+@click.option("--content", required=True, help="The content hash the package is stored under.")
+@click.pass_obj
+def package_command(obj: Any, content: str) -> None:
+    from .package import store
+
+    try:
+        record = store(obj, content)
+    except Exception as exc:  # noqa: BLE001 - reported to apply as one line
+        text = " ".join(str(exc).split()) or type(exc).__name__
+        click.echo(f"{ERROR_PREFIX}{type(exc).__name__}: {text[:400]}", err=True)
+        sys.exit(3)
+    click.echo(json.dumps(record, sort_keys=True))
+
+
 def run_id_for(flow_run_id: str) -> str:
     """The Metaflow run id a deployment's flow run gets: known as soon as the flow run exists."""
     return "prefect-" + flow_run_id.replace("-", "")

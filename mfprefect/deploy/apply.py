@@ -7,9 +7,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
-from ..errors import RuntimeFailure
+from ..errors import ManifestError, RuntimeFailure
+from .code import CodeRef, code_env, package_ref
 from .desired import OWNER_TAG, AutomationSpec, DeploymentSpec
 from .plan import Change, LiveAutomation, LiveDeployment, LiveSchedule, Plan, plan
+
+# Stores a deployment's code package and says where it is (see mfprefect.package).
+BuildCode = Callable[[DeploymentSpec], CodeRef]
 
 DEPLOYMENT_TAG_PREFIX = "mfprefect-deployment:"
 
@@ -33,10 +37,15 @@ def run(
     adopt: bool = False,
     dry_run: bool = False,
     echo: Echo = lambda _: None,
+    build_code: BuildCode | None = None,
 ) -> Plan:
-    """Plan against the server and, unless dry_run, apply; raise RuntimeFailure on any error."""
+    """Plan against the server and, unless dry_run, apply; raise RuntimeFailure on any error.
+
+    Code packages are built and stored (`build_code`) before anything is written to the server,
+    so a package that cannot be stored leaves every deployment as it was."""
+    build = build_code or store_package
     result: Plan = _guarded(
-        lambda: _run(desired, prune=prune, adopt=adopt, dry_run=dry_run, echo=echo),
+        lambda: _run(desired, prune=prune, adopt=adopt, dry_run=dry_run, echo=echo, build=build),
         what="apply failed",
         hint="run `mfprefect apply` again: it completes what is missing",
     )
@@ -79,13 +88,28 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+def store_package(spec: DeploymentSpec) -> CodeRef:
+    """Build and store a deployment's code package (runs the flow's own CLI: apply only)."""
+    from ..package import build_for
+
+    assert spec.source is not None and spec.code is not None
+    return package_ref(build_for(spec.source, spec.code.digest))
+
+
 async def _run(
-    desired: Sequence[DeploymentSpec], *, prune: bool, adopt: bool, dry_run: bool, echo: Echo
+    desired: Sequence[DeploymentSpec],
+    *,
+    prune: bool,
+    adopt: bool,
+    dry_run: bool,
+    echo: Echo,
+    build: BuildCode,
 ) -> Plan:
     from prefect.client.orchestration import get_client
 
     async with get_client() as client:
         live = await read_live(client, desired)
+        await _check_job_variables(client, desired)
         result = plan(desired, live, prune=prune, adopt=adopt)
         if result.conflicts and not dry_run:
             keys = ", ".join(c.key for c in result.conflicts)
@@ -95,11 +119,76 @@ async def _run(
             )
         if not dry_run:
             await _check_pools(client, [c.spec for c in result.pending if c.spec is not None])
+            code: dict[str, CodeRef] = {}
+            for change in result.pending:
+                if _needs_code(change):
+                    assert change.spec is not None
+                    echo(f"store code package for {change.key} ({change.spec.code.describe()})")  # type: ignore[union-attr]
+                    code[change.key] = await asyncio.to_thread(build, change.spec)
             total = len(result.pending)
             for number, change in enumerate(result.pending, start=1):
                 echo(f"[{number}/{total}] {change.action} deployment {change.key}")
-                await _apply_one(client, change)
+                await _apply_one(client, change, code.get(change.key))
         return result
+
+
+def _needs_code(change: Change) -> bool:
+    """A package is stored for a new deployment and for one whose code changed."""
+    spec = change.spec
+    if spec is None or spec.code is None or spec.code_ref is not None:
+        return False
+    return change.action == "create" or any(f.field == "code" for f in change.changes)
+
+
+async def _check_job_variables(client: Any, desired: Sequence[DeploymentSpec]) -> None:
+    """Every job variable a manifest sets must be one its work pool's job template declares."""
+    from ..diagnostics import did_you_mean
+    from ..manifest import check_file
+    from .plan import user_job_variables
+
+    templates: dict[str, set[str] | None] = {}
+    problems = []
+    for spec in desired:
+        given = user_job_variables(spec.fields.get("job_variables"))
+        pool = str(spec.fields.get("work_pool_name"))
+        if not given:
+            continue
+        if pool not in templates:
+            templates[pool] = await _pool_variables(client, pool)
+        known = templates[pool]
+        if known is None:
+            continue  # no such pool: apply says so before writing anything
+        for name in given:
+            if name in known:
+                continue
+            message = f"work pool `{pool}` has no job variable `{name}`" + (
+                did_you_mean(name, sorted(known)) or f" (it has: {', '.join(sorted(known))})"
+            )
+            path = spec.source.path if spec.source is not None else None
+            doc = check_file(path)[0] if path else None
+            if doc is not None:
+                problems.append(
+                    doc.diagnostic(
+                        ("deployment", "job_variables", name), "deployment.job-variable", message
+                    )
+                )
+            else:
+                raise ManifestError(f"{spec.key}: {message}")
+    if problems:
+        raise ManifestError(
+            f"{len(problems)} problem(s) in the manifests; nothing was applied", problems
+        )
+
+
+async def _pool_variables(client: Any, pool: str) -> set[str] | None:
+    from prefect.exceptions import ObjectNotFound
+
+    try:
+        found = await client.read_work_pool(pool)
+    except ObjectNotFound:
+        return None
+    template = found.base_job_template or {}
+    return set(((template.get("variables") or {}).get("properties") or {}).keys())
 
 
 async def read_live(client: Any, desired: Sequence[DeploymentSpec]) -> list[LiveDeployment]:
@@ -235,7 +324,18 @@ async def _check_pools(client: Any, specs: Sequence[DeploymentSpec]) -> None:
             ) from None
 
 
-async def _apply_one(client: Any, change: Change) -> None:
+def _with_code(fields: dict[str, Any], ref: CodeRef) -> dict[str, Any]:
+    """Deployment fields pointing at this code: pull steps, path, and its environment."""
+    out = dict(fields)
+    out["pull_steps"] = ref.pull_steps
+    out["path"] = ref.path
+    job_variables = dict(out.get("job_variables") or {})
+    job_variables["env"] = {**(job_variables.get("env") or {}), **ref.env}
+    out["job_variables"] = job_variables
+    return out
+
+
+async def _apply_one(client: Any, change: Change, built: CodeRef | None = None) -> None:
     from prefect.client.schemas.actions import DeploymentScheduleCreate, DeploymentUpdate
     from prefect.client.schemas.schedules import CronSchedule
 
@@ -250,6 +350,20 @@ async def _apply_one(client: Any, change: Change) -> None:
     spec = change.spec
     assert spec is not None
     fields = dict(spec.fields)
+    ref = built or spec.code_ref
+    if ref is not None:
+        fields = _with_code(fields, ref)
+    elif change.live is not None:
+        # Code unchanged: keep the package the deployment points at.
+        live_env = code_env(change.live.fields.get("job_variables"))
+        fields = _with_code(
+            fields,
+            CodeRef(
+                list(change.live.fields.get("pull_steps") or []),
+                change.live.fields.get("path"),
+                live_env,
+            ),
+        )
     if change.action == "create":
         flow_id = await client.create_flow_from_name(spec.flow_name)
         schedules = [
@@ -271,6 +385,10 @@ async def _apply_one(client: Any, change: Change) -> None:
     assert change.live is not None
     changed = {f.field for f in change.changes}
     update: dict[str, Any] = {name: fields[name] for name in fields if name in changed}
+    if "code" in changed:
+        update["pull_steps"] = fields["pull_steps"]
+        update["path"] = fields["path"]
+        update["job_variables"] = fields["job_variables"]
     if any(name.startswith("manifest.") for name in changed):
         update["job_variables"] = fields["job_variables"]
     if update:

@@ -17,6 +17,7 @@ from typing import Any
 
 from ..errors import ManifestError, UsageError
 from ..manifest import EventTrigger, FlowFinishedTrigger, Manifest
+from .code import CodeRef, CodeSpec, code_spec, fixed_ref
 
 OWNER_TAG = "mfprefect"
 PROJECT_TAG_PREFIX = "mfprefect-project:"
@@ -55,6 +56,11 @@ class DeploymentSpec:
     schedules: tuple[ScheduleSpec, ...] = ()
     manifest: Mapping[str, Any] = field(default_factory=dict)
     automations: tuple[AutomationSpec, ...] = ()
+    # The code its runs use; `code_ref` is None for a package until apply has stored it.
+    code: CodeSpec | None = None
+    code_ref: CodeRef | None = None
+    # Set when the manifest came from a file: what to build a package from.
+    source: Manifest | None = field(default=None, compare=False, repr=False)
 
     @property
     def key(self) -> str:
@@ -153,7 +159,8 @@ def deployment_for(manifest: Manifest, data: Mapping[str, Any]) -> DeploymentSpe
             hint="set it in the manifest, or export with --work-pool",
         )
     flow_file = manifest.flow_path()
-    if "{{" in str(flow_file.parent):
+    code = code_spec(manifest)
+    if code.kind == "path" and "{{" in str(flow_file.parent):
         # The worker's pull step fills `{{ ... }}` in its directory from step outputs, Prefect
         # variables, blocks and the worker's environment (`{{ $AWS_SECRET_ACCESS_KEY }}`).
         raise ManifestError(
@@ -162,7 +169,8 @@ def deployment_for(manifest: Manifest, data: Mapping[str, Any]) -> DeploymentSpe
             hint="keep the flow (and the checkout) in a folder whose path has no `{{`",
         )
     carried = json.loads(json.dumps(data))
-    # The worker runs in the flow's folder, so the flow file is named relative to it.
+    # The worker runs in the flow's folder (or the package unpacked), so the flow file is named
+    # relative to it.
     carried["flow"]["file"] = flow_file.name
     flow_name = qualified_name(manifest)
     project = manifest.project.name if manifest.project else NO_PROJECT
@@ -182,19 +190,15 @@ def deployment_for(manifest: Manifest, data: Mapping[str, Any]) -> DeploymentSpe
         "parameter_openapi_schema": openapi_schema(manifest),
         # Automations pass payload fields as text; the deployed flow types them (see deployed.py).
         "enforce_parameter_schema": False,
-        "job_variables": {"env": {MANIFEST_ENV: blob, "MFPREFECT_FLOW_NAME": flow_name}},
+        "job_variables": job_variables(manifest, blob, flow_name),
         "concurrency_limit": manifest.deployment.concurrency_limit,
         "paused": manifest.deployment.paused,
         "entrypoint": ENTRYPOINT,
-        "path": str(flow_file.parent),
-        "pull_steps": [
-            {
-                "prefect.deployments.steps.set_working_directory": {
-                    "directory": str(flow_file.parent)
-                }
-            }
-        ],
     }
+    code_ref = fixed_ref(code)
+    if code_ref is not None:
+        fields["path"] = code_ref.path
+        fields["pull_steps"] = code_ref.pull_steps
     schedules: tuple[ScheduleSpec, ...] = ()
     if manifest.schedule is not None:
         schedules = (
@@ -214,7 +218,20 @@ def deployment_for(manifest: Manifest, data: Mapping[str, Any]) -> DeploymentSpe
         schedules=schedules,
         manifest=carried,
         automations=automations_for(manifest, f"{flow_name}/{name}"),
+        code=code,
+        code_ref=code_ref,
+        source=manifest,
     )
+
+
+def job_variables(manifest: Manifest, blob: str, flow_name: str) -> dict[str, Any]:
+    """The manifest's job variables, handed to the work pool as they are, with mfprefect's own
+    environment merged in (validation refuses a manifest that sets those names itself)."""
+    merged = json.loads(json.dumps(dict(manifest.deployment.job_variables)))
+    env = dict(merged.get("env") or {})
+    env.update({MANIFEST_ENV: blob, "MFPREFECT_FLOW_NAME": flow_name})
+    merged["env"] = env
+    return merged
 
 
 def automations_for(manifest: Manifest, key: str) -> tuple[AutomationSpec, ...]:

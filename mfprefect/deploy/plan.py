@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..diagnostics import printable
+from ..manifest import RESERVED_ENV_PREFIXES
+from .code import live_digest
 from .desired import (
     MANIFEST_ENV,
     OWNER_TAG,
@@ -162,8 +164,6 @@ COMPARED = (
     "concurrency_limit",
     "paused",
     "entrypoint",
-    "path",
-    "pull_steps",
 )
 SHOWN_ON_CREATE = (
     "work_pool_name",
@@ -189,6 +189,8 @@ def plan(
         current = by_key.get(spec.key)
         if current is None:
             shown = [FieldChange(f, None, spec.fields.get(f)) for f in SHOWN_ON_CREATE]
+            if spec.code is not None:
+                shown.append(FieldChange("code", None, spec.code.describe()))
             shown += [
                 FieldChange(f"schedule {s.slug}", None, _schedule_text(s)) for s in spec.schedules
             ]
@@ -207,6 +209,14 @@ def plan(
             for name in COMPARED
             if _norm(current.fields.get(name)) != _norm(spec.fields.get(name))
         ]
+        wanted_code = spec.code.describe() if spec.code is not None else None
+        live_code = live_digest(current.fields.get("pull_steps"), current.fields.get("path"))
+        if wanted_code != live_code:
+            diffs.append(FieldChange("code", live_code, wanted_code))
+        own_old = user_job_variables(current.fields.get("job_variables"))
+        own_new = user_job_variables(spec.fields.get("job_variables"))
+        if _norm(own_old) != _norm(own_new):
+            diffs.append(FieldChange("job_variables", _norm(own_old), _norm(own_new)))
         diffs += _manifest_diffs(current.fields.get("job_variables"), spec.manifest)
         ops = _schedule_ops(spec.schedules, current.schedules)
         for op, want, have in ops:
@@ -317,6 +327,21 @@ def _norm(value: Any) -> Any:
     if isinstance(value, list) and all(isinstance(v, str) for v in value):
         return sorted(value)
     return json.loads(json.dumps(value, sort_keys=True, default=str))
+
+
+def user_job_variables(job_variables: Any) -> dict[str, Any]:
+    """A deployment's job variables less what mfprefect sets itself (its `env` entries)."""
+    if not isinstance(job_variables, dict):
+        return {}
+    own = dict(job_variables)
+    env = own.get("env")
+    if isinstance(env, dict):
+        env = {k: v for k, v in env.items() if not k.startswith(RESERVED_ENV_PREFIXES)}
+        if env:
+            own["env"] = env
+        else:
+            own.pop("env")
+    return own
 
 
 def _manifest_diffs(job_variables: Any, wanted: Mapping[str, Any]) -> list[FieldChange]:

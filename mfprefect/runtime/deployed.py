@@ -14,6 +14,7 @@ from typing import Any
 from ..deploy.desired import MANIFEST_ENV, decode_manifest, parameter_key
 from ..manifest import Manifest, from_data, validate_data
 from .commands import parse_value
+from .fetch import cleanup
 from .prefect_flow import RunOptions, execute
 
 FLOW_NAME_ENV = "MFPREFECT_FLOW_NAME"
@@ -52,7 +53,11 @@ def build(manifest: Manifest) -> Any:
                 value = parse_value(spec, value)
             if value is not None:
                 parameters[spec.name] = value
-        return await execute(manifest, parameters, RunOptions())
+        try:
+            return await execute(manifest, parameters, RunOptions())
+        finally:
+            # The package this run was unpacked from (if any) is this run's alone.
+            cleanup(os.getcwd())
 
     pipeline.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
         [
