@@ -237,6 +237,23 @@ def package_command(obj: Any, content: str) -> None:
     click.echo(json.dumps(record, sort_keys=True))
 
 
+@prefect.command(name="register-run", hidden=True, help="Register a run with the metadata service.")
+@click.option("--run-id", required=True)
+@click.option("--tag", "tags", multiple=True)
+@click.pass_obj
+def register_run_command(obj: Any, run_id: str, tags: tuple[str, ...]) -> None:
+    # Metaflow's own runtime registers the run before `init`: a metadata service refuses tasks
+    # of a run it does not know. A service that does not take client-chosen run ids (as
+    # metaflow-local-service) answers with its own; the run then goes by that one.
+    provider = obj.metadata
+    if hasattr(provider, "_new_run"):
+        recorded, _ = provider._new_run(run_id, tags=list(tags))
+    else:
+        provider.register_run_id(run_id, list(tags))
+        recorded = run_id
+    click.echo(json.dumps({"run_id": str(recorded)}))
+
+
 def run_id_for(flow_run_id: str) -> str:
     """The Metaflow run id a deployment's flow run gets: known as soon as the flow run exists."""
     return "prefect-" + flow_run_id.replace("-", "")

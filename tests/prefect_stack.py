@@ -36,29 +36,31 @@ def prefect_stack(
             timeout=60,
         )
         assert made.returncode == 0, made.stderr
-        polling = dict(
-            env,
-            **(worker_env or {}),
-            PREFECT_WORKER_QUERY_SECONDS="1",
-            PREFECT_WORKER_PREFETCH_SECONDS="5",
-        )
-        with open(home / "worker.log", "wb") as log:
-            worker = subprocess.Popen(
-                [sys.executable, "-m", "prefect", "worker", "start", "--pool", pool],
-                env=polling,
-                cwd=home,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        worker = start_worker(home, pool, dict(env, **(worker_env or {})))
         yield env
     finally:
         if worker is not None:
-            _stop(worker)
+            stop_worker(worker)
         stop_local_server(env)
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
+def start_worker(folder: Path, pool: str, env: Mapping[str, str]) -> subprocess.Popen[bytes]:
+    """A process worker polling `pool` every second, in `folder` (its log: folder/worker.log).
+    Stop it with `stop_worker`."""
+    polling = dict(env, PREFECT_WORKER_QUERY_SECONDS="1", PREFECT_WORKER_PREFETCH_SECONDS="5")
+    with open(folder / "worker.log", "wb") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "prefect", "worker", "start", "--pool", pool],
+            env=polling,
+            cwd=folder,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def stop_worker(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGINT, then SIGKILL to the worker's process group (a worker may ignore one)."""
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGKILL):
         if process.poll() is not None:
             return

@@ -157,6 +157,16 @@ def init_command(ctx: RunContext, task_id: str, values: Mapping[str, Any]) -> li
     return args
 
 
+def register_command(ctx: RunContext) -> list[str] | None:
+    """Registers the run with a metadata service before `init` (None: nothing to register)."""
+    if ctx.manifest.runtime.metadata != "service":
+        return None
+    args = top_level(ctx) + ["prefect", "register-run", "--run-id", ctx.run_id]
+    for tag in ctx.tags:
+        args += ["--tag", tag]
+    return args
+
+
 def max_retries(manifest: Manifest, step: str) -> tuple[int, int]:
     """(user-code retries, total retries) for a step, as Metaflow's own runtime counts them."""
     spec = manifest.steps[step]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import json
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -320,6 +322,7 @@ async def _execute(manifest: Manifest, parameters: Mapping[str, Any], options: R
     )
     for step in [None, *manifest.steps]:
         commands.environment(ctx, step, secrets.get)
+    ctx = await _registered(ctx, secrets)
     zygote = options.zygote or _start_zygote(manifest, commands.runtime_environment(ctx))
     steps = PrefectSteps(manifest, datastore, secrets, zygote)
     runner = engine.Runner(
@@ -345,7 +348,38 @@ async def _execute(manifest: Manifest, parameters: Mapping[str, Any], options: R
         await steps.drain()
         if zygote is not None and zygote is not options.zygote:
             zygote.close()
-    return f"{manifest.flow_class}/{run_id}"
+    return f"{manifest.flow_class}/{ctx.run_id}"
+
+
+async def _registered(ctx: commands.RunContext, secrets: Mapping[str, str]) -> commands.RunContext:
+    """The run registered with a metadata service, under the id the service recorded."""
+    args = commands.register_command(ctx)
+    if args is None:
+        return ctx
+    logger = get_run_logger()
+    outcome = await engine.run_process(
+        args,
+        commands.environment(ctx, None, secrets.get),
+        lambda stream, line: logger.warning(line) if stream == "stderr" else None,
+        timeout=300,
+        secrets=list(secrets.values()),
+    )
+    recorded = None
+    for line in reversed(outcome.stdout):
+        if line.startswith("{"):
+            recorded = json.loads(line).get("run_id")
+            break
+    if outcome.returncode != 0 or not recorded:
+        raise engine.RuntimeFailure(
+            f"cannot register run {ctx.manifest.flow_class}/{ctx.run_id} with the metadata "
+            f"service: {(outcome.stderr or ['no answer'])[-1]}"
+        )
+    if recorded != ctx.run_id:
+        logger.warning(
+            f"the metadata service does not take client-chosen run ids: this run is "
+            f"{ctx.manifest.flow_class}/{recorded}"
+        )
+    return dataclasses.replace(ctx, run_id=recorded)
 
 
 FORK_ENV = "MFPREFECT_FORK_STEPS"
@@ -487,6 +521,11 @@ def run_manifest(
                 ) from None
             raise engine.RuntimeFailure(f"flow run {state.name.lower()}: {exc}") from None
         raise engine.RuntimeFailure(f"flow run {state.name.lower()}")
+    with contextlib.suppress(Exception):
+        # A metadata service may have named the run itself (see _registered).
+        recorded = state.result()
+        if isinstance(recorded, str) and recorded.startswith(f"{manifest.flow_class}/"):
+            pathspec = recorded
     return RunSummary(pathspec, flow_run_id)
 
 

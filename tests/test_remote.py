@@ -1,0 +1,409 @@
+"""Deployed runs that need nothing from the applier's machine: a code package (or a git clone)
+in a real S3 server (moto), a real metadata service, a Prefect server, and a process worker in a
+folder of its own with its own HOME, Metaflow config and Prefect profile."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import ROOT, flow_env, mfprefect, run, start_local_server, stop_local_server
+from prefect_stack import (
+    all_logs,
+    api,
+    metaflow_run_of,
+    start_worker,
+    stop_worker,
+    wait_flow_run,
+)
+from remote_stack import metadata_service, s3_server
+from ruamel.yaml import YAML
+
+pytestmark = pytest.mark.slow
+
+FLOW = ROOT / "tests" / "flows" / "remote_flow.py"
+POOL = "remote-pool"
+BUCKET = "mfp-data"
+# A credential that must never appear in a package, a deployment or a log.
+AWS_SECRET = "remote-test-secret-0c4f9a7e"
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """S3, a metadata service, a Prefect server and a worker in folder B (shares nothing)."""
+    base = tmp_path_factory.mktemp("remote")
+    with s3_server(base / "s3", bucket=BUCKET) as s3, metadata_service(base / "md") as md:
+        s3 = dict(s3, AWS_SECRET_ACCESS_KEY=AWS_SECRET)
+        applier = flow_env(base / "applier")
+        applier.pop("METAFLOW_DATASTORE_SYSROOT_LOCAL")
+        applier.update(s3, **md)
+        applier["MFPREFECT_HOME"] = str(base / "applier" / "mfprefect-home")
+        applier["PREFECT_HOME"] = str(base / "applier" / "prefect-home")
+        applier.pop("PREFECT_API_URL", None)
+        worker = None
+        try:
+            applier["PREFECT_API_URL"] = start_local_server(applier)
+            made = run(
+                [sys.executable, "-m", "prefect", "work-pool", "create", POOL, "--type", "process"],
+                env=applier,
+                timeout=60,
+            )
+            assert made.returncode == 0, made.stderr
+            machine_b = base / "machine-b"
+            machine_b.mkdir()
+            worker_env = _other_machine(machine_b, applier)
+            worker = start_worker(machine_b, POOL, worker_env)
+            yield {"env": applier, "base": base, "worker_folder": machine_b}
+        finally:
+            if worker is not None:
+                stop_worker(worker)
+            stop_local_server(applier)
+
+
+def _other_machine(folder: Path, applier: dict[str, str]) -> dict[str, str]:
+    """The environment of a worker elsewhere: only the server's URL, S3 and metadata settings."""
+    keep = ("PATH", "LANG", "LC_ALL", "TZ", "SYSTEMROOT")
+    env = {k: v for k, v in os.environ.items() if k in keep}
+    for name in applier:
+        if name.startswith(("METAFLOW_S3_", "AWS_", "METAFLOW_SERVICE_", "METAFLOW_DEFAULT_")):
+            env[name] = applier[name]
+    env["METAFLOW_DATASTORE_SYSROOT_S3"] = applier["METAFLOW_DATASTORE_SYSROOT_S3"]
+    env.update(
+        # The worker's own Metaflow metadata (local), which the client reads back.
+        METAFLOW_DATASTORE_SYSROOT_LOCAL=str(folder / "worker-metadata"),
+        HOME=str(folder / "home"),
+        USER="worker-b",
+        METAFLOW_HOME=str(folder / "metaflow-config"),
+        PREFECT_HOME=str(folder / "prefect-profile"),
+        PREFECT_API_URL=applier["PREFECT_API_URL"],
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+    )
+    return env
+
+
+def _project(folder: Path, version: str = "v1") -> Path:
+    """Folder A: the flow, as CI checks it out."""
+    folder.mkdir(parents=True, exist_ok=True)
+    text = FLOW.read_text().replace('VERSION = "v1"', f'VERSION = "{version}"')
+    (folder / "remote_flow.py").write_text(text)
+    return folder
+
+
+def _export(folder: Path, env: dict[str, str], metadata: str = "local", **deployment: Any) -> Path:
+    manifest = folder / "remote.yaml"
+    done = mfprefect(
+        "export",
+        str(folder / "remote_flow.py"),
+        "-o",
+        str(manifest),
+        "--datastore",
+        "s3",
+        "--datastore-root",
+        f"s3://{BUCKET}/metaflow",
+        "--metadata",
+        metadata,
+        "--work-pool",
+        POOL,
+        env=env,
+        cwd=folder,
+    )
+    assert done.returncode == 0, done.stderr
+    yaml = YAML()
+    data = yaml.load(manifest.read_text())
+    data["deployment"]["job_variables"] = {"env": {"GREETING": "hi from job variables"}}
+    for key, value in deployment.items():
+        data["deployment"][key] = value
+    with open(manifest, "w") as handle:
+        yaml.dump(data, handle)
+    return manifest
+
+
+def _trigger(env: dict[str, str], *params: str) -> str:
+    done = mfprefect("trigger", "RemoteFlow", *params, env=env)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip().splitlines()[-1]
+
+
+def _client(env: dict[str, str], flow_run_id: str) -> dict[str, Any]:
+    """What Metaflow's client reads back (the worker's metadata, S3) of a flow run's run."""
+    pathspec = metaflow_run_of(env, "RemoteFlow", flow_run_id)
+    probe = (
+        "import json, sys\n"
+        "from metaflow import Run, Task, namespace\n"
+        "namespace(None)\n"
+        "run = Run(sys.argv[1])\n"
+        "start = run['start'].task\n"
+        "code = run.code\n"
+        "print(json.dumps({\n"
+        "  'version': start['version'].data, 'greeting': start['greeting'].data,\n"
+        "  'folder': start['folder'].data, 'done_version': run['end'].task['done_version'].data,\n"
+        "  'stdout': start.stdout,\n"
+        "  'code_files': sorted(code.tarball.getnames()) if code else None,\n"
+        "  'code_flow': (code.flowspec.decode() if isinstance(code.flowspec, bytes) else code.flowspec) if code else None,\n"
+        "}))\n"
+    )
+    done = run([sys.executable, "-c", probe, pathspec], env=env, cwd=env["_CLIENT_DIR"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def _client_env(stack: dict[str, Any]) -> dict[str, str]:
+    env = dict(stack["env"])
+    env["METAFLOW_DATASTORE_SYSROOT_LOCAL"] = str(stack["worker_folder"] / "worker-metadata")
+    env["METAFLOW_DEFAULT_METADATA"] = "local"
+    client_dir = stack["base"] / "client"
+    client_dir.mkdir(exist_ok=True)
+    env["_CLIENT_DIR"] = str(client_dir)
+    return env
+
+
+def _wait_running(env: dict[str, str], flow_run_id: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = api(env, "GET", f"/flow_runs/{flow_run_id}")["state"]["type"]
+        if state == "RUNNING":
+            return
+        assert state not in ("FAILED", "CRASHED", "CANCELLED", "COMPLETED"), state
+        time.sleep(0.3)
+    raise AssertionError("the flow run never started")
+
+
+def test_a_package_runs_on_a_worker_that_shares_nothing(stack: dict[str, Any]) -> None:
+    env = stack["env"]
+    folder_a = _project(stack["base"] / "folder-a")
+    manifest = _export(folder_a, env)
+    applied = mfprefect("apply", str(manifest), env=env, cwd=folder_a)
+    assert applied.returncode == 0, applied.stderr
+    assert "store code package for RemoteFlow/RemoteFlow (package " in applied.stderr
+    # The applier's checkout is gone: the worker needs nothing from it.
+    shutil.rmtree(folder_a)
+
+    flow_run_id = _trigger(env)
+    finished = wait_flow_run(env, flow_run_id)
+    assert finished["state"]["type"] == "COMPLETED", finished["state"]
+    seen = _client(_client_env(stack), flow_run_id)
+    assert seen["version"] == "v1" and seen["done_version"] == "v1"
+    assert seen["greeting"] == "hi from job variables"
+    assert seen["folder"].startswith("mfprefect-code-")
+    assert "hello from v1" in seen["stdout"]
+    # Run.code: the package Metaflow's client downloads is the one the run executed.
+    assert "remote_flow.py" in seen["code_files"]
+    assert 'VERSION = "v1"' in seen["code_flow"]
+    # The run's unpacked folder was removed from the worker's folder when it ended.
+    assert not list(stack["worker_folder"].rglob("mfprefect-code-*"))
+
+
+def test_second_apply_changes_the_next_run_not_the_one_in_flight(stack: dict[str, Any]) -> None:
+    env = stack["env"]
+    folder_a = _project(stack["base"] / "folder-a2")
+    manifest = _export(folder_a, env)
+    assert mfprefect("apply", str(manifest), env=env, cwd=folder_a).returncode == 0
+    unchanged = mfprefect("apply", str(manifest), env=env, cwd=folder_a)
+    assert unchanged.returncode == 0 and "store code package" not in unchanged.stderr
+    assert "No changes" in unchanged.stdout
+
+    first = _trigger(env, "--param", "wait=12")
+    _wait_running(env, first)
+    shutil.rmtree(folder_a)
+    folder_a = _project(stack["base"] / "folder-a3", version="v2")
+    manifest = _export(folder_a, env)
+    planned = mfprefect("plan", str(manifest), env=env, cwd=folder_a)
+    assert planned.returncode == 1
+    code_lines = [line for line in planned.stdout.splitlines() if line.strip().startswith("code:")]
+    assert len(code_lines) == 1 and "package" in code_lines[0] and "->" in code_lines[0]
+    assert mfprefect("apply", str(manifest), env=env, cwd=folder_a).returncode == 0
+    second = _trigger(env)
+    client = _client_env(stack)
+    for flow_run_id, version in ((second, "v2"), (first, "v1")):
+        finished = wait_flow_run(env, flow_run_id)
+        assert finished["state"]["type"] == "COMPLETED", finished["state"]
+        seen = _client(client, flow_run_id)
+        assert (seen["version"], seen["done_version"]) == (version, version)
+
+
+def test_credentials_stay_out_of_package_deployment_and_logs(stack: dict[str, Any]) -> None:
+    env = stack["env"]
+    folder_a = _project(stack["base"] / "folder-secrets")
+    manifest = _export(folder_a, env, name="secrets-check")
+    assert mfprefect("apply", str(manifest), env=env, cwd=folder_a).returncode == 0
+    flow_run_id = _trigger(env, "--name", "secrets-check")
+    assert wait_flow_run(env, flow_run_id)["state"]["type"] == "COMPLETED"
+    import boto3
+
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=env["METAFLOW_S3_ENDPOINT_URL"],
+        aws_access_key_id="testing",
+        aws_secret_access_key=AWS_SECRET,
+        region_name="us-east-1",
+    )
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET)["Contents"]]
+    packages = [k for k in keys if "/data/" in k]
+    assert packages
+    for key in keys:
+        raw = s3.get_object(Bucket=BUCKET, Key=key)["Body"].read()
+        assert AWS_SECRET.encode() not in raw
+        for unpacked in _unpacked(raw):
+            assert AWS_SECRET.encode() not in unpacked, key
+    deployment = api(env, "GET", "/deployments/name/RemoteFlow/secrets-check")
+    assert AWS_SECRET not in json.dumps(deployment)
+    logs = all_logs(env, [flow_run_id])
+    assert logs and AWS_SECRET not in json.dumps(logs)
+    assert AWS_SECRET not in (stack["worker_folder"] / "worker.log").read_text(errors="replace")
+
+
+def _unpacked(raw: bytes) -> list[bytes]:
+    """The members of a gzip'd tar (a package), or the gunzipped bytes, or nothing."""
+    try:
+        data = gzip.decompress(raw)
+    except OSError:
+        return []
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data)) as archive:
+            return [
+                archive.extractfile(m).read()  # type: ignore[union-attr]
+                for m in archive.getmembers()
+                if m.isfile()
+            ]
+    except tarfile.TarError:
+        return [data]
+
+
+def test_a_package_changed_after_apply_fails_before_any_step(stack: dict[str, Any]) -> None:
+    env = stack["env"]
+    folder_a = _project(stack["base"] / "folder-tamper", version="tampered")
+    manifest = _export(folder_a, env, name="tamper")
+    assert mfprefect("apply", str(manifest), env=env, cwd=folder_a).returncode == 0
+    deployment = api(env, "GET", "/deployments/name/RemoteFlow/tamper")
+    (step,) = deployment["pull_steps"]
+    key = step["mfprefect.runtime.fetch.pull_package"]["key"]
+    import boto3
+
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=env["METAFLOW_S3_ENDPOINT_URL"],
+        aws_access_key_id="testing",
+        aws_secret_access_key=AWS_SECRET,
+        region_name="us-east-1",
+    )
+    stored = f"metaflow/RemoteFlow/data/{key[:2]}/{key}"
+    s3.put_object(Bucket=BUCKET, Key=stored, Body=b"not the package that was applied")
+    flow_run_id = _trigger(env, "--name", "tamper")
+    finished = wait_flow_run(env, flow_run_id)
+    assert finished["state"]["type"] in ("FAILED", "CRASHED"), finished["state"]
+    lines = [log["message"] for log in all_logs(env, [flow_run_id])]
+    said = [line for line in lines if "fails its sha256 check" in line]
+    assert said and "\n" not in said[0], lines
+    # No step ran: no task run, and no Metaflow run.
+    tasks = api(env, "POST", "/task_runs/filter", {"flow_runs": {"id": {"any_": [flow_run_id]}}})
+    assert tasks == []
+
+
+def test_git_code_runs_from_a_clone_of_the_applied_commit(stack: dict[str, Any]) -> None:
+    env = stack["env"]
+    base = stack["base"]
+    bare = base / "repo.git"
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com"]
+    assert subprocess.run(["git", "init", "-q", "--bare", str(bare)]).returncode == 0
+    checkout = base / "checkout"
+    assert subprocess.run(["git", "clone", "-q", str(bare), str(checkout)]).returncode == 0
+    folder_a = _project(checkout / "pipelines", version="from-git")
+    manifest = _export(
+        folder_a, env, name="from-git", code={"kind": "git", "url": f"file://{bare}"}
+    )
+    for args in (["add", "-A"], ["commit", "-qm", "flow"], ["push", "-q", "origin", "HEAD"]):
+        assert subprocess.run([*git, "-C", str(checkout), *args]).returncode == 0
+    head = subprocess.run(
+        ["git", "-C", str(checkout), "rev-parse", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
+    planned = mfprefect("plan", str(manifest), env=env)
+    assert f"git file://{bare}@{head} pipelines" in planned.stdout, planned.stdout
+    applied = mfprefect("apply", str(manifest), env=env)
+    assert applied.returncode == 0, applied.stderr
+    shutil.rmtree(checkout)
+    flow_run_id = _trigger(env, "--name", "from-git")
+    finished = wait_flow_run(env, flow_run_id)
+    assert finished["state"]["type"] == "COMPLETED", finished["state"]
+    seen = _client(_client_env(stack), flow_run_id)
+    assert seen["version"] == "from-git"
+
+
+def test_a_git_ref_that_does_not_exist_fails_before_any_step(stack: dict[str, Any]) -> None:
+    env = stack["env"]
+    bare = stack["base"] / "repo.git"
+    folder_a = _project(stack["base"] / "folder-badref", version="bad-ref")
+    manifest = _export(
+        folder_a,
+        env,
+        name="bad-ref",
+        code={"kind": "git", "url": f"file://{bare}", "ref": "no-such-branch", "path": "x"},
+    )
+    assert mfprefect("apply", str(manifest), env=env, cwd=folder_a).returncode == 0
+    flow_run_id = _trigger(env, "--name", "bad-ref")
+    finished = wait_flow_run(env, flow_run_id)
+    assert finished["state"]["type"] in ("FAILED", "CRASHED"), finished["state"]
+    lines = [log["message"] for log in all_logs(env, [flow_run_id])]
+    assert any("no-such-branch" in line for line in lines), lines
+    tasks = api(env, "POST", "/task_runs/filter", {"flow_runs": {"id": {"any_": [flow_run_id]}}})
+    assert tasks == []
+
+
+def test_a_missing_bucket_fails_apply_with_one_line_and_writes_nothing(
+    stack: dict[str, Any],
+) -> None:
+    env = stack["env"]
+    folder_a = _project(stack["base"] / "folder-nobucket")
+    manifest = _export(folder_a, env, name="no-bucket")
+    yaml = YAML()
+    data = yaml.load(manifest.read_text())
+    data["runtime"]["datastore_root"] = "s3://no-such-bucket/metaflow"
+    with open(manifest, "w") as handle:
+        yaml.dump(data, handle)
+    done = mfprefect("apply", str(manifest), env=env, cwd=folder_a)
+    assert done.returncode == 3, done.stderr
+    first = [line for line in done.stderr.splitlines() if line.startswith("mfprefect:")]
+    assert len(first) == 1 and "s3://no-such-bucket/metaflow" in first[0], done.stderr
+    assert "Traceback" not in done.stderr
+    found = api(
+        env, "POST", "/deployments/filter", {"deployments": {"name": {"any_": ["no-bucket"]}}}
+    )
+    assert found == []
+
+
+def test_service_metadata_comes_from_the_workers_environment(stack: dict[str, Any]) -> None:
+    """`metadata: service` takes METAFLOW_SERVICE_URL from the worker. metaflow-local-service
+    0.2.0 names runs and tasks itself (it ignores client-chosen ids, which every orchestrator
+    uses) and answers 404 to the single-artifact route, so this asserts what it serves: the
+    run, tagged with its flow run, and its steps."""
+    env = stack["env"]
+    folder_a = _project(stack["base"] / "folder-service", version="service")
+    manifest = _export(folder_a, env, metadata="service", name="service")
+    validated = mfprefect("validate", str(manifest), env=env)
+    assert validated.returncode == 0 and "runtime.local-metadata" not in validated.stdout
+    assert mfprefect("apply", str(manifest), env=env, cwd=folder_a).returncode == 0
+    flow_run_id = _trigger(env, "--name", "service")
+    assert wait_flow_run(env, flow_run_id)["state"]["type"] == "COMPLETED"
+    client = dict(env, METAFLOW_DEFAULT_METADATA="service")
+    client.pop("METAFLOW_DATASTORE_SYSROOT_LOCAL", None)
+    pathspec = metaflow_run_of(client, "RemoteFlow", flow_run_id)
+    probe = (
+        "import sys\n"
+        "from metaflow import Run, namespace\n"
+        "namespace(None)\n"
+        "print(sorted(step.id for step in Run(sys.argv[1])))\n"
+    )
+    done = run([sys.executable, "-c", probe, pathspec], env=client)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "['end', 'start']"
