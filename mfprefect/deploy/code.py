@@ -24,7 +24,8 @@ from ..errors import UsageError
 from ..manifest import Manifest
 
 PULL_PACKAGE = "mfprefect.runtime.fetch.pull_package"
-GIT_CLONE = "prefect.deployments.steps.git_clone"
+# Prefect's git_clone, through a wrapper that also logs a failure as one line.
+GIT_CLONE = "mfprefect.runtime.fetch.git_clone"
 SET_DIRECTORY = "prefect.deployments.steps.set_working_directory"
 # What Metaflow's task reads to record its code package (so `Run(...).code` finds it).
 METAFLOW_CODE_ENV = (

@@ -7,8 +7,10 @@ step's message as one line; the flow run then ends before any Metaflow step has 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
+import logging
 import os
 import posixpath
 import tarfile
@@ -21,7 +23,49 @@ MARKER = ".mfprefect-code"
 
 
 class PackageError(RuntimeError):
-    """A code package that cannot be used; the message is the one line Prefect logs."""
+    """Code that cannot be used; its message is also written to the flow run's log."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        say(message)
+
+
+def say(message: str) -> None:
+    """One line in the flow run's Prefect log, sent now: the process that runs pull steps exits
+    right after a failing one, before Prefect's own log handler sends what it queued."""
+    flow_run_id = os.environ.get("PREFECT__FLOW_RUN_ID")
+    if not flow_run_id:
+        return
+    with contextlib.suppress(Exception):
+        from datetime import datetime, timezone
+        from uuid import UUID
+
+        from prefect.client.orchestration import get_client
+        from prefect.client.schemas.actions import LogCreate
+
+        line = LogCreate(
+            name="mfprefect.code",
+            level=logging.ERROR,
+            message=message,
+            timestamp=datetime.now(timezone.utc),
+            flow_run_id=UUID(flow_run_id),
+        )
+        with get_client(sync_client=True) as client:
+            client.create_logs([line])
+
+
+def git_clone(**options: Any) -> dict[str, str]:
+    """Prefect's own `git_clone` pull step, whose failure also becomes one line in the log."""
+    from prefect.deployments.steps.pull import git_clone as prefect_git_clone
+
+    try:
+        return prefect_git_clone(**options)
+    except Exception as exc:  # noqa: BLE001 - reported as one line, then raised for Prefect
+        ref = options.get("commit_sha") or options.get("branch") or "the default branch"
+        raise PackageError(
+            f"mfprefect: cannot clone {options.get('repository')} at {ref}: "
+            + " ".join(str(exc).split())[:300]
+        ) from exc
 
 
 def pull_package(
