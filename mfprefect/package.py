@@ -18,6 +18,11 @@ from typing import Any
 from .errors import RuntimeFailure
 from .manifest import Manifest
 
+FAIL_FAST_S3 = {
+    "METAFLOW_S3_RETRY_COUNT": "1",
+    "METAFLOW_S3_TRANSIENT_RETRY_COUNT": "1",
+    "METAFLOW_S3_CLIENT_RETRY_CONFIG": json.dumps({"max_attempts": 2, "mode": "standard"}),
+}
 # Where the record of a stored package lives, under the datastore root: one per content hash.
 INDEX_FOLDER = "mfprefect-code"
 
@@ -113,7 +118,9 @@ def build_for(manifest: Manifest, content: str) -> dict[str, str]:
     context = commands.RunContext(manifest, sys.executable, str(flow_path), root or "", "")
     args = [a for a in commands.top_level(context) if root or not a.startswith("--datastore-root=")]
     args += ["prefect", "package", "--content", content]
-    env = dict(os.environ)
+    # Metaflow's S3 client retries an unreachable endpoint for over an hour; apply says so in
+    # seconds (and can simply be run again).
+    env = {**FAIL_FAST_S3, **os.environ}
     if manifest.configs:
         env["METAFLOW_FLOW_CONFIG_VALUE"] = json.dumps(dict(manifest.configs))
     kind = manifest.runtime.datastore

@@ -407,3 +407,131 @@ def test_service_metadata_comes_from_the_workers_environment(stack: dict[str, An
     done = run([sys.executable, "-c", probe, pathspec], env=client)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1] == "['end', 'start']"
+
+
+MARKER_FLOW = """
+import os
+from pathlib import Path
+
+from metaflow import FlowSpec, step
+
+# Importing this file leaves a mark: plan must never import it, apply may (to package it).
+Path(os.environ["MARKER_FILE"]).write_text("imported")
+
+
+class MarkerFlow(FlowSpec):
+    @step
+    def start(self):
+        self.next(self.end)
+
+    @step
+    def end(self):
+        pass
+
+
+if __name__ == "__main__":
+    MarkerFlow()
+"""
+
+
+def test_plan_never_imports_the_flow_and_checks_job_variables(stack: dict[str, Any]) -> None:
+    folder = stack["base"] / "folder-marker"
+    folder.mkdir()
+    (folder / "marker_flow.py").write_text(MARKER_FLOW)
+    marker = folder / "imported.txt"
+    env = dict(stack["env"], MARKER_FILE=str(marker))
+    manifest = folder / "marker.yaml"
+    exported = mfprefect(
+        "export",
+        str(folder / "marker_flow.py"),
+        "-o",
+        str(manifest),
+        "--work-pool",
+        POOL,
+        "--datastore",
+        "s3",
+        "--datastore-root",
+        f"s3://{BUCKET}/metaflow",
+        env=env,
+    )
+    assert exported.returncode == 0, exported.stderr
+    assert marker.exists()  # export imports the flow: the marker works
+    marker.unlink()
+    planned = mfprefect("plan", str(manifest), env=env)
+    assert planned.returncode == 1, planned.stderr
+    assert '    code: "package ' in planned.stdout, planned.stdout
+    assert not marker.exists()
+
+    yaml = YAML()
+    data = yaml.load(manifest.read_text())
+    data["deployment"]["job_variables"] = {"wokring_dir": "/srv"}
+    with open(manifest, "w") as handle:
+        yaml.dump(data, handle)
+    refused = mfprefect("apply", str(manifest), env=env)
+    assert refused.returncode == 1, refused.stderr
+    said = refused.stdout + refused.stderr
+    assert "marker.yaml:" in said and "deployment.job_variables.wokring_dir" in said
+    assert "did you mean `working_dir`?" in said
+    assert not marker.exists()
+    found = api(env, "POST", "/deployments/filter", {"flows": {"name": {"any_": ["MarkerFlow"]}}})
+    assert found == []
+
+    data["deployment"]["job_variables"] = {"working_dir": str(folder)}
+    with open(manifest, "w") as handle:
+        yaml.dump(data, handle)
+    assert mfprefect("apply", str(manifest), env=env).returncode == 0
+    assert marker.exists()  # apply packages the flow, which imports it
+
+
+def test_local_run_and_resume_with_the_s3_datastore(stack: dict[str, Any]) -> None:
+    env = dict(stack["env"])
+    folder = _project(stack["base"] / "folder-local-run", version="local")
+    manifest = _export(folder, env, name="local-run")
+    ran = mfprefect("run", str(manifest), env=env, cwd=folder)
+    assert ran.returncode == 0, ran.stderr
+    run_id = next(
+        line.split("/")[-1] for line in ran.stderr.splitlines() if line.startswith("Metaflow run ")
+    )
+    resumed = mfprefect("resume", str(manifest), "--clone-run-id", run_id, env=env, cwd=folder)
+    assert resumed.returncode == 0, resumed.stderr
+    resumed_id = next(
+        line.split("/")[-1]
+        for line in resumed.stderr.splitlines()
+        if line.startswith("Metaflow run ")
+    )
+    probe = (
+        "import json, sys\n"
+        "from metaflow import Run, namespace\n"
+        "namespace(None)\n"
+        "print(json.dumps([Run('RemoteFlow/' + r)['start'].task['version'].data for r in sys.argv[1:]]))\n"
+    )
+    client = dict(env, METAFLOW_DEFAULT_METADATA="local")
+    done = run([sys.executable, "-c", probe, run_id, resumed_id], env=client, cwd=folder)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == ["local", "local"]
+    # Everything went to S3: the local folders hold no datastore.
+    assert not list(folder.rglob("data"))
+
+
+def test_an_unreachable_endpoint_fails_apply_in_seconds_with_one_line(
+    stack: dict[str, Any],
+) -> None:
+    from remote_stack import free_port
+
+    closed = f"http://127.0.0.1:{free_port()}"
+    env = dict(stack["env"], METAFLOW_S3_ENDPOINT_URL=closed)
+    folder_a = _project(stack["base"] / "folder-unreachable", version="unreachable")
+    manifest = _export(folder_a, env, name="unreachable")
+    started = time.monotonic()
+    done = mfprefect("apply", str(manifest), env=env, cwd=folder_a)
+    took = time.monotonic() - started
+    assert done.returncode == 3, done.stderr
+    first = [line for line in done.stderr.splitlines() if line.startswith("mfprefect:")]
+    assert len(first) == 1 and f"s3://{BUCKET}/metaflow" in first[0], done.stderr
+    assert closed in done.stderr  # the hint names the endpoint
+    assert "Traceback" not in done.stderr
+    assert took < 100, took
+    found = api(
+        env, "POST", "/deployments/filter", {"deployments": {"name": {"any_": ["unreachable"]}}}
+    )
+    assert found == []

@@ -540,7 +540,7 @@ def _guarded(make: Callable[[], Any], what: str = "request failed", hint: str | 
     """Run a coroutine; connection and HTTP errors become one RuntimeFailure line."""
     try:
         return asyncio.run(make())
-    except RuntimeFailure:
+    except (RuntimeFailure, ManifestError):
         raise
     except Exception as exc:  # noqa: BLE001
         if _is_connection_error(exc):

@@ -1,0 +1,159 @@
+"""Real remote services for end-to-end tests, each on a free 127.0.0.1 port in a temporary folder.
+
+- `s3_server` starts moto's standalone S3 server (`python -m moto.server`) as a subprocess in its
+  own session, creates a bucket, and yields the env vars that make Metaflow use it as its S3
+  datastore (pass `--datastore=s3` yourself). State lives in the server's memory only.
+- `metadata_service` starts metaflow-local-service's server (`python -m
+  metaflow_local_service.daemon`, run in the foreground instead of through its detaching `start`
+  command) with its `.metaflow/` under `tmp` and its HOME (where it writes state.json) in
+  `tmp/home`, and yields the env vars that make Metaflow use it as its metadata service.
+
+Both write their output to a log in `tmp` and are stopped when the block exits: SIGTERM, then
+SIGINT, then SIGKILL to the whole process group, each given a few seconds.
+
+`S3_FAIL_FAST` makes Metaflow give up on an unreachable endpoint in about a second instead of
+retrying for over an hour (a missing bucket fails fast without it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+# Metaflow retries max(S3_RETRY_COUNT=7, S3_TRANSIENT_RETRY_COUNT=20) times with exponential
+# sleeps (capped at 360s), each try being botocore's own 10 adaptive attempts: all three must go.
+S3_FAIL_FAST = {
+    "METAFLOW_S3_RETRY_COUNT": "0",
+    "METAFLOW_S3_TRANSIENT_RETRY_COUNT": "0",
+    "METAFLOW_S3_CLIENT_RETRY_CONFIG": '{"max_attempts": 1, "mode": "standard"}',
+}
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def s3_server(tmp: Path, bucket: str = "mfp-data") -> Iterator[dict[str, str]]:
+    """Yield the env for a Metaflow process to keep its S3 datastore in `bucket` on moto."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    url = f"http://127.0.0.1:{free_port()}"
+    env = {
+        "METAFLOW_S3_ENDPOINT_URL": url,
+        "METAFLOW_DATASTORE_SYSROOT_S3": f"s3://{bucket}/metaflow",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        # Keep any real AWS configuration of the machine out of the way.
+        "AWS_CONFIG_FILE": str(tmp / "aws-config"),
+        "AWS_SHARED_CREDENTIALS_FILE": str(tmp / "aws-credentials"),
+    }
+    command = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", url.rsplit(":", 1)[1]]
+    with _started(command, tmp, tmp / "moto.log", url + "/moto-api/"):
+        _s3(env).create_bucket(Bucket=bucket)
+        yield env
+
+
+@contextlib.contextmanager
+def metadata_service(tmp: Path) -> Iterator[dict[str, str]]:
+    """Yield the env for a Metaflow process to use metaflow-local-service as its metadata."""
+    (tmp / "home").mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = [
+        sys.executable,
+        "-m",
+        "metaflow_local_service.daemon",
+        "--port",
+        str(port),
+        "--metaflow-root",
+        str(tmp),
+        "--idle-timeout",
+        "86400",
+    ]
+    env = dict(os.environ, HOME=str(tmp / "home"), METAFLOW_LOCAL_SERVICE_DEBUG="1")
+    with _started(command, tmp, tmp / "metadata-service.log", url + "/ping", env):
+        yield {"METAFLOW_SERVICE_URL": url, "METAFLOW_DEFAULT_METADATA": "service"}
+
+
+def s3_keys(env: Mapping[str, str], bucket: str, prefix: str = "") -> list[str]:
+    """Every key in `bucket` under `prefix`, sorted."""
+    pages = _s3(env).get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    return sorted(item["Key"] for page in pages for item in page.get("Contents", []))
+
+
+def s3_get(env: Mapping[str, str], bucket: str, key: str) -> bytes:
+    """The content of `key` in `bucket`."""
+    body: bytes = _s3(env).get_object(Bucket=bucket, Key=key)["Body"].read()
+    return body
+
+
+def _s3(env: Mapping[str, str]) -> Any:
+    import boto3
+
+    return boto3.session.Session(
+        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+        region_name=env["AWS_DEFAULT_REGION"],
+    ).client("s3", endpoint_url=env["METAFLOW_S3_ENDPOINT_URL"])
+
+
+@contextlib.contextmanager
+def _started(
+    command: list[str],
+    cwd: Path,
+    log_path: Path,
+    ready_url: str,
+    env: Mapping[str, str] | None = None,
+    timeout: float = 60,
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Run `command` in its own session until the block exits, once `ready_url` answers."""
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            command,
+            cwd=cwd,
+            env=None if env is None else dict(env),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"{command} exited early: {log_path.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(ready_url, timeout=2):
+                    break
+            except (urllib.error.URLError, OSError):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{ready_url} did not answer within {timeout}s") from None
+                time.sleep(0.1)
+        yield process
+    finally:
+        _stop(process)
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGKILL):
+        if process.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, sig)
+        try:
+            process.wait(timeout=8)
+        except subprocess.TimeoutExpired:
+            continue
