@@ -1,6 +1,6 @@
 """Benchmarks: mfprefect against Metaflow's own commands, alternating sides, medians and ratios.
 
-    python benchmarks/run.py [--repeat 5] [--only linear,foreach20,...] [--readme]
+    python benchmarks/run.py [--repeat 5] [--only linear,foreach20,...,gitops,deploy] [--readme]
 
 Writes benchmarks/RESULTS.md (and, with --readme, the table between the markers in README.md).
 Each workload runs in fresh temporary folders; peak memory is the RSS of the whole process tree,
@@ -364,6 +364,214 @@ def bench_gitops(repeat: int, work: Path) -> list[Row]:
     return rows
 
 
+def _s3(work: Path) -> tuple[subprocess.Popen[bytes], dict[str, str]]:
+    """moto's S3 server on a free port, with a bucket; the variables Metaflow needs for it."""
+    import socket
+    import urllib.request
+
+    import boto3
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    for _ in range(100):
+        try:
+            urllib.request.urlopen(url + "/moto-api/", timeout=1).read()
+            break
+        except OSError:
+            time.sleep(0.1)
+    env = {
+        "METAFLOW_S3_ENDPOINT_URL": url,
+        "AWS_ACCESS_KEY_ID": "bench",
+        "AWS_SECRET_ACCESS_KEY": "bench",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_CONFIG_FILE": str(work / "no-aws-config"),
+        "AWS_SHARED_CREDENTIALS_FILE": str(work / "no-aws-credentials"),
+    }
+    boto3.client(
+        "s3",
+        endpoint_url=url,
+        aws_access_key_id="bench",
+        aws_secret_access_key="bench",
+        region_name="us-east-1",
+    ).create_bucket(Bucket="bench")
+    return server, env
+
+
+def _manifest(flow: Path, name: str, env: dict[str, str], code: str) -> Path:
+    """Export `flow` for pool `bench-deploy` on the S3 datastore, with `deployment.code`."""
+    target = flow.parent / f"{name}.yaml"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mfprefect.cli",
+            "export",
+            str(flow),
+            "-o",
+            str(target),
+            "--work-pool",
+            "bench-deploy",
+            "--name",
+            name,
+            "--datastore",
+            "s3",
+            "--datastore-root",
+            "s3://bench/metaflow",
+        ],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    text = target.read_text().replace(
+        "  parallelism:", f"  code:\n    kind: {code}\n  parallelism:", 1
+    )
+    target.write_text(text)
+    return target
+
+
+def _deployed_run(env: dict[str, str], flow: str, name: str) -> Sample:
+    """Trigger a deployment and wait until its flow run has completed (polled every 50 ms)."""
+
+    api = env["PREFECT_API_URL"]
+    started = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-m", "mfprefect.cli", "trigger", flow, "--name", name],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    flow_run_id = done.stdout.strip().splitlines()[-1]
+    import urllib.request
+
+    while True:
+        with urllib.request.urlopen(f"{api}/flow_runs/{flow_run_id}", timeout=10) as answer:
+            state = json.loads(answer.read())["state"]["type"]
+        if state == "COMPLETED":
+            return Sample(time.perf_counter() - started, 0.0)
+        if state in ("FAILED", "CRASHED", "CANCELLED"):
+            raise RuntimeError(f"deployed run {flow_run_id} ended {state}")
+        time.sleep(0.05)
+
+
+def bench_deploy(repeat: int, work: Path) -> list[Row]:
+    """Deployed runs on a process worker (package vs path vs a local run) and package builds."""
+    from mfprefect.runtime import local_server
+
+    env = base_env(work)
+    os.environ["MFPREFECT_HOME"] = env["MFPREFECT_HOME"]
+    s3, s3_env = _s3(work)
+    env.update(s3_env)
+    env["PREFECT_API_URL"] = local_server.ensure_server()
+    worker = None
+    rows = []
+    try:
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "prefect",
+                "work-pool",
+                "create",
+                "bench-deploy",
+                "--type",
+                "process",
+            ],
+            env=env,
+            capture_output=True,
+            check=True,
+        )
+        (work / "worker").mkdir()
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "prefect", "worker", "start", "--pool", "bench-deploy"],
+            env=dict(env, PREFECT_WORKER_QUERY_SECONDS="1", PREFECT_WORKER_PREFETCH_SECONDS="5"),
+            cwd=work / "worker",
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        (work / "flow").mkdir()
+        flow = work / "flow" / "linear3.py"
+        shutil.copy(FLOWS / "linear3.py", flow)
+        for name, code in (("package", "package"), ("path", "path")):
+            manifest = _manifest(flow, name, env, code)
+            subprocess.run(
+                [sys.executable, "-m", "mfprefect.cli", "apply", str(manifest)],
+                env=env,
+                check=True,
+                capture_output=True,
+            )
+        _deployed_run(env, "LinearThreeFlow", "package")  # warm the worker's first run
+        package_row = Row(
+            "deployed 3-step run, trigger to completed on a process worker (polling every 1 s)",
+            "package",
+            "path",
+            note="target: the package costs at most 1 s more than path",
+        )
+        alternate(
+            package_row,
+            repeat,
+            lambda: _deployed_run(env, "LinearThreeFlow", "package"),
+            lambda: _deployed_run(env, "LinearThreeFlow", "path"),
+        )
+        rows.append(package_row)
+        local = Row(
+            "the same run, deployed (package) vs started locally",
+            "trigger + worker (package)",
+            "mfprefect run",
+        )
+        alternate(
+            local,
+            repeat,
+            lambda: _deployed_run(env, "LinearThreeFlow", "package"),
+            lambda: measure(
+                [sys.executable, "-m", "mfprefect.cli", "run", str(flow.parent / "package.yaml")],
+                env,
+                work,
+                runner=True,
+            ),
+        )
+        rows.append(local)
+        # apply with the code changed (build and store a package) vs unchanged (no write).
+        big = work / "big"
+        big.mkdir()
+        shutil.copy(FLOWS / "linear3.py", big / "linear3.py")
+        payload = "BLOB = (\n" + "".join(f"    {'x' * 90!r}\n" for _ in range(11000)) + ")\n"
+        (big / "payload.py").write_text(payload)
+        size = sum(p.stat().st_size for p in big.iterdir())
+        manifest = _manifest(big / "linear3.py", "big", env, "package")
+        apply = [sys.executable, "-m", "mfprefect.cli", "apply", str(manifest)]
+        apply_row = Row(
+            f"apply of a {size / 1e6:.1f} MB flow folder, code changed vs unchanged",
+            "apply (changed)",
+            "apply (unchanged)",
+        )
+        for round_number in range(repeat):
+            with open(big / "payload.py", "a") as handle:
+                handle.write(f"# round {round_number}\n")
+            apply_row.ours_samples.append(measure(apply, env, work))
+            apply_row.theirs_samples.append(measure(apply, env, work))
+        extra = apply_row.median("ours") - apply_row.median("theirs")
+        apply_row.note = f"target: build plus upload under 2 s; measured: {extra:.2f} s"
+        rows.append(apply_row)
+    finally:
+        if worker is not None:
+            os.killpg(worker.pid, 15)
+            worker.wait(timeout=30)
+        local_server.stop_server()
+        os.killpg(s3.pid, 15)
+        s3.wait(timeout=30)
+    return rows
+
+
 def machine() -> str:
     model = "unknown CPU"
     try:
@@ -410,7 +618,7 @@ def main() -> int:
     )
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument(
-        "--only", default="first,linear,foreach20,foreach100,split,export,validate,gitops"
+        "--only", default="first,linear,foreach20,foreach100,split,export,validate,gitops,deploy"
     )
     parser.add_argument("--readme", action="store_true", help="Also put the table into README.md.")
     args = parser.parse_args()
@@ -426,6 +634,8 @@ def main() -> int:
             rows.append(bench_validate(args.repeat, _fresh(work / "validate")))
         if "gitops" in only:
             rows += bench_gitops(args.repeat, _fresh(work / "gitops"))
+        if "deploy" in only:
+            rows += bench_deploy(args.repeat, _fresh(work / "deploy"))
     text = table(rows, args.repeat)
     (Path(__file__).resolve().parent / "RESULTS.md").write_text("# Benchmark results\n\n" + text)
     print(text)

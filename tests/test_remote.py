@@ -535,3 +535,46 @@ def test_an_unreachable_endpoint_fails_apply_in_seconds_with_one_line(
         env, "POST", "/deployments/filter", {"deployments": {"name": {"any_": ["unreachable"]}}}
     )
     assert found == []
+
+
+DEPLOYER_SCRIPT = """
+import json, sys, time
+from metaflow import Deployer
+
+deployed = Deployer(
+    "remote_flow.py", datastore="s3", datastore_root=sys.argv[2]
+).prefect().create(work_pool=sys.argv[1], name="via-deployer")
+triggered = deployed.trigger(wait=0.5)
+deadline = time.time() + 180
+while time.time() < deadline and triggered.status not in ("SUCCEEDED", "FAILED", "TIMED_OUT", "ABORTED"):
+    time.sleep(0.5)
+start = triggered.run["start"].task
+print("RESULT " + json.dumps({
+    "status": triggered.status,
+    "version": start.data.version,
+    "ds_root": start.metadata_dict.get("ds-root"),
+    "code": bool(triggered.run.code),
+}))
+"""
+
+
+def test_the_deployer_api_on_the_s3_datastore(stack: dict[str, Any]) -> None:
+    folder = _project(stack["base"] / "folder-deployer", version="deployer")
+    (folder / "drive.py").write_text(DEPLOYER_SCRIPT)
+    # The driver reads the run back with the worker's own metadata (see _client_env).
+    env = _client_env(stack)
+    done = run(
+        [sys.executable, "drive.py", POOL, f"s3://{BUCKET}/metaflow"],
+        env=env,
+        cwd=folder,
+        timeout=400,
+    )
+    assert done.returncode == 0, (done.stdout[-2000:], done.stderr[-3000:])
+    line = next(text for text in done.stdout.splitlines() if text.startswith("RESULT "))
+    out = json.loads(line[len("RESULT ") :])
+    assert out == {
+        "status": "SUCCEEDED",
+        "version": "deployer",
+        "ds_root": f"s3://{BUCKET}/metaflow",
+        "code": True,
+    }

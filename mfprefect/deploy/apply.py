@@ -119,17 +119,60 @@ async def _run(
             )
         if not dry_run:
             await _check_pools(client, [c.spec for c in result.pending if c.spec is not None])
-            code: dict[str, CodeRef] = {}
-            for change in result.pending:
-                if _needs_code(change):
-                    assert change.spec is not None
-                    echo(f"store code package for {change.key} ({change.spec.code.describe()})")  # type: ignore[union-attr]
-                    code[change.key] = await asyncio.to_thread(build, change.spec)
+            code = await _store_packages(result.pending, build, echo)
             total = len(result.pending)
             for number, change in enumerate(result.pending, start=1):
                 echo(f"[{number}/{total}] {change.action} deployment {change.key}")
                 await _apply_one(client, change, code.get(change.key))
         return result
+
+
+# Package builds run at once, this many at a time (each is a short-lived `python flow.py`).
+PARALLEL_BUILDS = 4
+
+
+async def _store_packages(
+    pending: Sequence[Change], build: BuildCode, echo: Echo
+) -> dict[str, CodeRef]:
+    """Build and store every package the pending changes need, before anything is written to
+    the server. Manifests of one flow with one runtime share a package."""
+    wanted: dict[str, DeploymentSpec] = {}
+    keys: dict[str, str] = {}
+    for change in pending:
+        if _needs_code(change):
+            assert change.spec is not None
+            same = _package_identity(change.spec)
+            wanted.setdefault(same, change.spec)
+            keys[change.key] = same
+    slots = asyncio.Semaphore(PARALLEL_BUILDS)
+
+    async def one(spec: DeploymentSpec) -> CodeRef:
+        async with slots:
+            echo(f"store code package for {spec.key} ({spec.code.describe()})")  # type: ignore[union-attr]
+            return await asyncio.to_thread(build, spec)
+
+    built = dict(zip(wanted, await asyncio.gather(*(one(s) for s in wanted.values())), strict=True))
+    return {key: built[same] for key, same in keys.items()}
+
+
+def _package_identity(spec: DeploymentSpec) -> str:
+    """What a package depends on: the code, where it is stored, and the baked-in configs."""
+    import json
+
+    assert spec.code is not None
+    source = spec.manifest
+    return json.dumps(
+        [
+            spec.code.digest,
+            spec.code.flow_dir,
+            spec.code.flow_file,
+            source.get("flow", {}).get("class"),
+            source.get("runtime"),
+            source.get("configs"),
+        ],
+        sort_keys=True,
+        default=str,
+    )
 
 
 def _needs_code(change: Change) -> bool:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import UsageError
+from ..errors import ManifestError, UsageError
 from ..manifest import Manifest
 
 PULL_PACKAGE = "mfprefect.runtime.fetch.pull_package"
@@ -192,6 +192,15 @@ def fixed_ref(spec: CodeSpec) -> CodeRef | None:
 
 def package_ref(stored: Mapping[str, str]) -> CodeRef:
     """The pull step and environment of a stored package (what `mfprefect.package` returns)."""
+    templated = sorted(k for k, v in stored.items() if "{{" in str(v))
+    if templated:
+        # Prefect renders `{{ ... }}` in pull-step arguments on the worker (its environment,
+        # variables, blocks): a datastore root holding one is never sent.
+        raise ManifestError(
+            f"the code package's {', '.join(templated)} holds `{{{{`, which Prefect would read "
+            "as a template on the worker",
+            hint="use a datastore root whose path has no `{{`",
+        )
     step = {
         PULL_PACKAGE: {
             "content": stored["content"],

@@ -160,7 +160,7 @@ def deployment_for(manifest: Manifest, data: Mapping[str, Any]) -> DeploymentSpe
         )
     flow_file = manifest.flow_path()
     code = code_spec(manifest)
-    if code.kind == "path" and "{{" in str(flow_file.parent):
+    if "{{" in str(flow_file.parent):
         # The worker's pull step fills `{{ ... }}` in its directory from step outputs, Prefect
         # variables, blocks and the worker's environment (`{{ $AWS_SECRET_ACCESS_KEY }}`).
         raise ManifestError(

@@ -47,7 +47,7 @@ def say(message: str) -> None:
             name="mfprefect.code",
             level=logging.ERROR,
             message=message,
-            timestamp=datetime.now(timezone.utc),
+            timestamp=datetime.now(timezone.utc),  # type: ignore[arg-type]
             flow_run_id=UUID(flow_run_id),
         )
         with get_client(sync_client=True) as client:
@@ -59,7 +59,9 @@ def git_clone(**options: Any) -> dict[str, str]:
     from prefect.deployments.steps.pull import git_clone as prefect_git_clone
 
     try:
-        return prefect_git_clone(**options)
+        # Prefect runs pull steps in a thread of their own, where this is the sync variant.
+        done: dict[str, str] = prefect_git_clone(**options)  # type: ignore[assignment]
+        return done
     except Exception as exc:  # noqa: BLE001 - reported as one line, then raised for Prefect
         ref = options.get("commit_sha") or options.get("branch") or "the default branch"
         raise PackageError(
