@@ -690,6 +690,12 @@ def _job_variable_rules(doc: yamlsafe.Document, job_variables: Any) -> list[Diag
     return out
 
 
+def runtime_warnings(data: dict[str, Any]) -> list[str]:
+    """What export says about the runtime settings it wrote (validate reports them with places)."""
+    doc = yamlsafe.Document(data=data, file="<manifest>")
+    return [f"{d.path}: {d.message}" for d in _runtime_rules(doc, _mapping(data, "runtime"))]
+
+
 def _runtime_rules(doc: yamlsafe.Document, runtime: dict[str, Any]) -> list[Diagnostic]:
     if runtime.get("datastore") in REMOTE_DATASTORES and runtime.get("metadata") == "local":
         return [

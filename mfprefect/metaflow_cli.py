@@ -347,6 +347,10 @@ def run_export(
     )
     for note in options.notes:
         click.echo(f"mfprefect: {note}", err=True)
+    from .manifest import runtime_warnings
+
+    for warning in runtime_warnings(data):
+        click.echo(f"mfprefect: warning: {warning}", err=True)
     if check:
         if target is None:
             click.echo("mfprefect: --check needs a manifest path, not '-'", err=True)

@@ -275,3 +275,36 @@ def test_package_stored_by_the_flow_cli_is_found_again(tmp_path: Path) -> None:
         assert "flow.py" in archive.getnames()
     again = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True)
     assert json.loads(again.stdout.strip().splitlines()[-1])["reused"] == "yes"
+
+
+@pytest.mark.parametrize("metadata, warned", [("local", True), ("service", False)])
+def test_export_warns_of_a_remote_datastore_with_local_metadata(
+    tmp_path: Path, metadata: str, warned: bool
+) -> None:
+    import subprocess
+    import sys
+
+    shutil.copy(EXAMPLES / "linear_flow.py", tmp_path / "flow.py")
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mfprefect.cli",
+            "export",
+            "flow.py",
+            "-o",
+            "m.yaml",
+            "--datastore",
+            "s3",
+            "--datastore-root",
+            "s3://bucket/metaflow",
+            "--metadata",
+            metadata,
+        ],
+        cwd=tmp_path,
+        env=dict(flow_env(tmp_path), METAFLOW_SERVICE_URL="http://127.0.0.1:9"),
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    assert ("warning: runtime.metadata: a remote datastore (s3)" in done.stderr) is warned
