@@ -47,8 +47,13 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def s3_server(tmp: Path, bucket: str = "mfp-data") -> Iterator[dict[str, str]]:
-    """Yield the env for a Metaflow process to keep its S3 datastore in `bucket` on moto."""
+def s3_server(
+    tmp: Path, bucket: str = "mfp-data", *, check_credentials: bool = False
+) -> Iterator[dict[str, str]]:
+    """Yield the env for a Metaflow process to keep its S3 datastore in `bucket` on moto.
+
+    With `check_credentials`, moto authenticates every request after the bucket is made (its
+    IAM knows no keys, so the yielded ones are wrong credentials)."""
     tmp.mkdir(parents=True, exist_ok=True)
     url = f"http://127.0.0.1:{free_port()}"
     env = {
@@ -62,7 +67,8 @@ def s3_server(tmp: Path, bucket: str = "mfp-data") -> Iterator[dict[str, str]]:
         "AWS_SHARED_CREDENTIALS_FILE": str(tmp / "aws-credentials"),
     }
     command = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", url.rsplit(":", 1)[1]]
-    with _started(command, tmp, tmp / "moto.log", url + "/moto-api/"):
+    server_env = dict(os.environ, INITIAL_NO_AUTH_ACTION_COUNT="1") if check_credentials else None
+    with _started(command, tmp, tmp / "moto.log", url + "/moto-api/", server_env):
         _s3(env).create_bucket(Bucket=bucket)
         yield env
 

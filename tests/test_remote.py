@@ -578,3 +578,30 @@ def test_the_deployer_api_on_the_s3_datastore(stack: dict[str, Any]) -> None:
         "ds_root": f"s3://{BUCKET}/metaflow",
         "code": True,
     }
+
+
+def test_wrong_credentials_fail_apply_with_one_line(stack: dict[str, Any]) -> None:
+    from remote_stack import s3_server
+
+    with s3_server(stack["base"] / "s3-checked", bucket="checked", check_credentials=True) as s3:
+        env = dict(stack["env"], **s3)
+        folder_a = _project(stack["base"] / "folder-credentials", version="credentials")
+        manifest = _export(folder_a, env, name="wrong-credentials")
+        yaml = YAML()
+        data = yaml.load(manifest.read_text())
+        data["runtime"]["datastore_root"] = "s3://checked/metaflow"
+        with open(manifest, "w") as handle:
+            yaml.dump(data, handle)
+        done = mfprefect("apply", str(manifest), env=env, cwd=folder_a)
+    assert done.returncode == 3, done.stderr
+    first = [line for line in done.stderr.splitlines() if line.startswith("mfprefect:")]
+    assert len(first) == 1 and "s3://checked/metaflow" in first[0], done.stderr
+    assert "credentials" in done.stderr and s3["METAFLOW_S3_ENDPOINT_URL"] in done.stderr
+    assert "Traceback" not in done.stderr
+    found = api(
+        env,
+        "POST",
+        "/deployments/filter",
+        {"deployments": {"name": {"any_": ["wrong-credentials"]}}},
+    )
+    assert found == []
