@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -54,6 +56,19 @@ def mfprefect(
 ) -> subprocess.CompletedProcess[str]:
     """The installed `mfprefect` command, as a real process."""
     return run([sys.executable, "-m", "mfprefect.cli", *args], env=env, cwd=cwd)
+
+
+def stop_process_group(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGINT, then SIGKILL to a process's group, 8 s each (some ignore one)."""
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGKILL):
+        if process.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, sig)
+        try:
+            process.wait(timeout=8)
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def start_local_server(env: dict[str, str]) -> str:

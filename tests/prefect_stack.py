@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -14,7 +12,14 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from conftest import flow_env, prefect_api, run, start_local_server, stop_local_server
+from conftest import (
+    flow_env,
+    prefect_api,
+    run,
+    start_local_server,
+    stop_local_server,
+)
+from conftest import stop_process_group as stop_worker
 
 
 @contextlib.contextmanager
@@ -57,19 +62,6 @@ def start_worker(folder: Path, pool: str, env: Mapping[str, str]) -> subprocess.
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-
-
-def stop_worker(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM, then SIGINT, then SIGKILL to the worker's process group (a worker may ignore one)."""
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGKILL):
-        if process.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, sig)
-        try:
-            process.wait(timeout=8)
-        except subprocess.TimeoutExpired:
-            continue
 
 
 def api(env: Mapping[str, str], method: str, path: str, body: dict | None = None) -> Any:

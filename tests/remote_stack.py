@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -29,6 +28,8 @@ import urllib.request
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
+
+from conftest import stop_process_group
 
 # Metaflow retries max(S3_RETRY_COUNT=7, S3_TRANSIENT_RETRY_COUNT=20) times with exponential
 # sleeps (capped at 360s), each try being botocore's own 10 adaptive attempts: all three must go.
@@ -150,16 +151,4 @@ def _started(
                 time.sleep(0.1)
         yield process
     finally:
-        _stop(process)
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGKILL):
-        if process.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, sig)
-        try:
-            process.wait(timeout=8)
-        except subprocess.TimeoutExpired:
-            continue
+        stop_process_group(process)

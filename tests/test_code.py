@@ -199,7 +199,7 @@ def test_plan_shows_a_package_change_as_one_line() -> None:
     stale = LiveDeployment(
         "id", spec.flow_name, spec.name, dict(live_fields, pull_steps=old.pull_steps)
     )
-    (change,) = plan([stale and spec], [stale]).pending
+    (change,) = plan([spec], [stale]).pending
     assert [(f.field, f.old, f.new) for f in change.changes] == [
         ("code", "package 000000000000", spec.code.describe())
     ]

@@ -357,28 +357,6 @@ def test_a_git_ref_that_does_not_exist_fails_before_any_step(stack: dict[str, An
     assert tasks == []
 
 
-def test_a_missing_bucket_fails_apply_with_one_line_and_writes_nothing(
-    stack: dict[str, Any],
-) -> None:
-    env = stack["env"]
-    folder_a = _project(stack["base"] / "folder-nobucket")
-    manifest = _export(folder_a, env, name="no-bucket")
-    yaml = YAML()
-    data = yaml.load(manifest.read_text())
-    data["runtime"]["datastore_root"] = "s3://no-such-bucket/metaflow"
-    with open(manifest, "w") as handle:
-        yaml.dump(data, handle)
-    done = mfprefect("apply", str(manifest), env=env, cwd=folder_a)
-    assert done.returncode == 3, done.stderr
-    first = [line for line in done.stderr.splitlines() if line.startswith("mfprefect:")]
-    assert len(first) == 1 and "s3://no-such-bucket/metaflow" in first[0], done.stderr
-    assert "Traceback" not in done.stderr
-    found = api(
-        env, "POST", "/deployments/filter", {"deployments": {"name": {"any_": ["no-bucket"]}}}
-    )
-    assert found == []
-
-
 def test_service_metadata_comes_from_the_workers_environment(stack: dict[str, Any]) -> None:
     """`metadata: service` takes METAFLOW_SERVICE_URL from the worker. metaflow-local-service
     0.2.0 names runs and tasks itself (it ignores client-chosen ids, which every orchestrator
@@ -510,30 +488,6 @@ def test_local_run_and_resume_with_the_s3_datastore(stack: dict[str, Any]) -> No
     assert not list(folder.rglob("data"))
 
 
-def test_an_unreachable_endpoint_fails_apply_in_seconds_with_one_line(
-    stack: dict[str, Any],
-) -> None:
-    from remote_stack import free_port
-
-    closed = f"http://127.0.0.1:{free_port()}"
-    env = dict(stack["env"], METAFLOW_S3_ENDPOINT_URL=closed)
-    folder_a = _project(stack["base"] / "folder-unreachable", version="unreachable")
-    manifest = _export(folder_a, env, name="unreachable")
-    started = time.monotonic()
-    done = mfprefect("apply", str(manifest), env=env, cwd=folder_a)
-    took = time.monotonic() - started
-    assert done.returncode == 3, done.stderr
-    first = [line for line in done.stderr.splitlines() if line.startswith("mfprefect:")]
-    assert len(first) == 1 and f"s3://{BUCKET}/metaflow" in first[0], done.stderr
-    assert closed in done.stderr  # the hint names the endpoint
-    assert "Traceback" not in done.stderr
-    assert took < 100, took
-    found = api(
-        env, "POST", "/deployments/filter", {"deployments": {"name": {"any_": ["unreachable"]}}}
-    )
-    assert found == []
-
-
 DEPLOYER_SCRIPT = """
 import json, sys, time
 from metaflow import Deployer
@@ -577,28 +531,47 @@ def test_the_deployer_api_on_the_s3_datastore(stack: dict[str, Any]) -> None:
     }
 
 
+def _refused_apply(env: dict[str, str], base: Path, name: str, root: str) -> str:
+    """Apply a manifest whose package cannot be stored at `root`: exit 3 with one `mfprefect:`
+    line naming the root, no traceback, and no deployment on the server. Returns stderr."""
+    folder = _project(base / f"folder-{name}", version=name)
+    manifest = _export(folder, env, name=name)
+    yaml = YAML()
+    data = yaml.load(manifest.read_text())
+    data["runtime"]["datastore_root"] = root
+    with open(manifest, "w") as handle:
+        yaml.dump(data, handle)
+    done = mfprefect("apply", str(manifest), env=env, cwd=folder)
+    assert done.returncode == 3, done.stderr
+    first = [line for line in done.stderr.splitlines() if line.startswith("mfprefect:")]
+    assert len(first) == 1 and root in first[0], done.stderr
+    assert "Traceback" not in done.stderr
+    found = api(env, "POST", "/deployments/filter", {"deployments": {"name": {"any_": [name]}}})
+    assert found == []
+    return done.stderr
+
+
+def test_a_missing_bucket_fails_apply_with_one_line(stack: dict[str, Any]) -> None:
+    _refused_apply(stack["env"], stack["base"], "no-bucket", "s3://no-such-bucket/metaflow")
+
+
 def test_wrong_credentials_fail_apply_with_one_line(stack: dict[str, Any]) -> None:
     from remote_stack import s3_server
 
     with s3_server(stack["base"] / "s3-checked", bucket="checked", check_credentials=True) as s3:
         env = dict(stack["env"], **s3)
-        folder_a = _project(stack["base"] / "folder-credentials", version="credentials")
-        manifest = _export(folder_a, env, name="wrong-credentials")
-        yaml = YAML()
-        data = yaml.load(manifest.read_text())
-        data["runtime"]["datastore_root"] = "s3://checked/metaflow"
-        with open(manifest, "w") as handle:
-            yaml.dump(data, handle)
-        done = mfprefect("apply", str(manifest), env=env, cwd=folder_a)
-    assert done.returncode == 3, done.stderr
-    first = [line for line in done.stderr.splitlines() if line.startswith("mfprefect:")]
-    assert len(first) == 1 and "s3://checked/metaflow" in first[0], done.stderr
-    assert "credentials" in done.stderr and s3["METAFLOW_S3_ENDPOINT_URL"] in done.stderr
-    assert "Traceback" not in done.stderr
-    found = api(
-        env,
-        "POST",
-        "/deployments/filter",
-        {"deployments": {"name": {"any_": ["wrong-credentials"]}}},
-    )
-    assert found == []
+        said = _refused_apply(env, stack["base"], "wrong-credentials", "s3://checked/metaflow")
+    assert "credentials" in said and s3["METAFLOW_S3_ENDPOINT_URL"] in said
+
+
+def test_an_unreachable_endpoint_fails_apply_in_seconds_with_one_line(
+    stack: dict[str, Any],
+) -> None:
+    from remote_stack import free_port
+
+    closed = f"http://127.0.0.1:{free_port()}"
+    env = dict(stack["env"], METAFLOW_S3_ENDPOINT_URL=closed)
+    started = time.monotonic()
+    said = _refused_apply(env, stack["base"], "unreachable", f"s3://{BUCKET}/metaflow")
+    assert time.monotonic() - started < 100
+    assert closed in said  # the hint names the endpoint

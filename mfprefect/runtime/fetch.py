@@ -8,6 +8,7 @@ step's message as one line; the flow run then ends before any Metaflow step has 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import io
 import logging
@@ -15,6 +16,7 @@ import os
 import posixpath
 import tarfile
 import tempfile
+from collections.abc import Callable
 from typing import Any
 
 # Prefix of the folders made here; the deployed flow removes its own when the run ends.
@@ -23,11 +25,21 @@ MARKER = ".mfprefect-code"
 
 
 class PackageError(RuntimeError):
-    """Code that cannot be used; its message is also written to the flow run's log."""
+    """Code that cannot be used; a pull step writes its message to the flow run's log."""
 
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        say(message)
+
+def _said(step: Callable[..., dict[str, str]]) -> Callable[..., dict[str, str]]:
+    """A pull step whose PackageError is also sent to the flow run's log as its one line."""
+
+    @functools.wraps(step)
+    def wrapped(*args: Any, **kwargs: Any) -> dict[str, str]:
+        try:
+            return step(*args, **kwargs)
+        except PackageError as exc:
+            say(str(exc))
+            raise
+
+    return wrapped
 
 
 def say(message: str) -> None:
@@ -54,6 +66,7 @@ def say(message: str) -> None:
             client.create_logs([line])
 
 
+@_said
 def git_clone(**options: Any) -> dict[str, str]:
     """Prefect's own `git_clone` pull step, whose failure also becomes one line in the log."""
     from prefect.deployments.steps.pull import git_clone as prefect_git_clone
@@ -70,6 +83,7 @@ def git_clone(**options: Any) -> dict[str, str]:
         ) from exc
 
 
+@_said
 def pull_package(
     content: str, datastore: str, root: str, flow: str, key: str, sha256: str
 ) -> dict[str, str]:
