@@ -167,19 +167,52 @@ def export(flow_file: str, output: str, check: bool, **given: Any) -> None:
     sys.exit(code if code in (0, 1, 2) else 1)
 
 
+def executor_options(command: Any) -> Any:
+    """`--executor` and `--address`: where this run's steps execute, over the manifest's choice."""
+    command = click.option(
+        "--address",
+        metavar="tcp://HOST:PORT",
+        help="The Dask scheduler (implies --executor dask).",
+    )(command)
+    return click.option(
+        "--executor",
+        type=click.Choice(["local", "dask"]),
+        help="Run steps here (local) or on a Dask cluster (dask); default: deployment.executor.",
+    )(command)
+
+
+def load_for_run(manifest: str, executor: str | None, address: str | None) -> Any:
+    from .manifest import load, with_executor
+
+    loaded = load(*manifest_files((manifest,))[0])
+    if address and executor is None:
+        executor = "dask"
+    if executor == "local" and address:
+        raise UsageError("--address is for --executor dask")
+    if executor is not None:
+        loaded = with_executor(loaded, executor, address)
+    return loaded
+
+
 @cli.command(name="run")
 @click.argument("manifest")
 @click.option(
     "--param", "params", multiple=True, metavar="NAME=VALUE", help="A parameter value (repeatable)."
 )
 @click.option("--tag", "tags", multiple=True, help="A Metaflow tag for the run (repeatable).")
-def run_command(manifest: str, params: tuple[str, ...], tags: tuple[str, ...]) -> None:
+@executor_options
+def run_command(
+    manifest: str,
+    params: tuple[str, ...],
+    tags: tuple[str, ...],
+    executor: str | None,
+    address: str | None,
+) -> None:
     """Run the manifest's pipeline now, as one Prefect flow run (no server to set up)."""
-    from .manifest import load
     from .runtime.commands import parse_assignments
     from .runtime.local import run_locally
 
-    loaded = load(*manifest_files((manifest,))[0])
+    loaded = load_for_run(manifest, executor, address)
     values = parse_assignments(loaded, params)
     echo = lambda line: click.echo(line, err=True)  # noqa: E731
     summary = run_locally(loaded, values, echo=echo, tags=tags, error_prefix=ERROR_PREFIX)
@@ -194,12 +227,18 @@ def run_command(manifest: str, params: tuple[str, ...], tags: tuple[str, ...]) -
     help="The Metaflow run id to resume (its successful tasks are reused).",
 )
 @click.option("--tag", "tags", multiple=True, help="A Metaflow tag for the new run (repeatable).")
-def resume_command(manifest: str, clone_run_id: str, tags: tuple[str, ...]) -> None:
+@executor_options
+def resume_command(
+    manifest: str,
+    clone_run_id: str,
+    tags: tuple[str, ...],
+    executor: str | None,
+    address: str | None,
+) -> None:
     """Re-run what failed in an earlier run, reusing every task that succeeded."""
-    from .manifest import load
     from .runtime.local import run_locally
 
-    loaded = load(*manifest_files((manifest,))[0])
+    loaded = load_for_run(manifest, executor, address)
     echo = lambda line: click.echo(line, err=True)  # noqa: E731
     summary = run_locally(
         loaded, {}, echo=echo, tags=tags, clone_run_id=clone_run_id, error_prefix=ERROR_PREFIX

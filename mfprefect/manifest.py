@@ -16,7 +16,7 @@ from typing import Any
 
 from . import cron, yamlsafe
 from .diagnostics import ERROR, WARNING, Diagnostic, did_you_mean
-from .errors import ManifestError
+from .errors import ManifestError, UsageError
 
 API_VERSION = "mfprefect/v1"
 KIND = "Pipeline"
@@ -135,6 +135,17 @@ class CodeSource:
 
 
 @dataclass(frozen=True)
+class Executor:
+    """Where a run's step processes execute (`deployment.executor`)."""
+
+    kind: str = "local"  # local | dask
+    # The Dask scheduler: an address, or a variable of the machine that runs the flow.
+    address: str | EnvRef | None = None
+    # At most this many of one run's steps on the cluster at once (None: deployment.parallelism).
+    max_concurrent_steps: int | None = None
+
+
+@dataclass(frozen=True)
 class Deployment:
     name: str | None
     work_pool: str | None
@@ -147,6 +158,14 @@ class Deployment:
     environment: Mapping[str, EnvValue]
     code: CodeSource = CodeSource()
     job_variables: Mapping[str, Any] = field(default_factory=dict)
+    executor: Executor = Executor()
+
+    @property
+    def step_slots(self) -> int:
+        """How many of one run's steps may run at once."""
+        if self.executor.kind == "dask" and self.executor.max_concurrent_steps:
+            return self.executor.max_concurrent_steps
+        return self.parallelism
 
 
 @dataclass(frozen=True)
@@ -209,6 +228,17 @@ def _code_source(raw: Any) -> CodeSource:
         ref=raw.get("ref"),
         path=raw.get("path"),
         credentials=SecretRef(credentials["secret"]) if credentials else None,
+    )
+
+
+def _executor(raw: Any) -> Executor:
+    if not raw:
+        return Executor()
+    address = raw.get("address")
+    return Executor(
+        kind=raw["kind"],
+        address=EnvRef(address["env"]) if isinstance(address, dict) else address,
+        max_concurrent_steps=raw.get("max_concurrent_steps"),
     )
 
 
@@ -277,6 +307,7 @@ def from_data(data: dict[str, Any], path: str | None = None) -> Manifest:
             environment={k: _env_value(v) for k, v in deployment["environment"].items()},
             code=_code_source(deployment.get("code")),
             job_variables=dict(deployment.get("job_variables") or {}),
+            executor=_executor(deployment.get("executor")),
         ),
         runtime=RuntimeSettings(
             runtime["metadata"],
@@ -413,6 +444,27 @@ def validate_document(doc: yamlsafe.Document) -> list[Diagnostic]:
 def validate_data(data: dict[str, Any]) -> list[Diagnostic]:
     """Diagnostics for plain data built in memory (positions are all 1:1)."""
     return validate_document(yamlsafe.Document(data=data, file="<manifest>"))
+
+
+def with_executor(manifest: Manifest, kind: str, address: str | None) -> Manifest:
+    """The manifest with `deployment.executor` replaced (a run's `--executor`), checked again."""
+    data = json.loads(json.dumps(dict(manifest.data)))
+    executor: dict[str, Any] = {"kind": kind}
+    if kind == "dask":
+        old = data["deployment"].get("executor") or {}
+        executor["address"] = address or old.get("address")
+        if not executor["address"]:
+            raise UsageError(
+                "--executor dask needs the Dask scheduler's address",
+                hint="pass --address tcp://HOST:8786",
+            )
+        if old.get("max_concurrent_steps"):
+            executor["max_concurrent_steps"] = old["max_concurrent_steps"]
+    data["deployment"]["executor"] = executor
+    problems = [d for d in validate_data(data) if d.severity == ERROR]
+    if problems:
+        raise UsageError(f"--executor {kind}: {problems[0].path}: {problems[0].message}")
+    return from_data(data, manifest.path)
 
 
 _TYPE_WORDS = {
@@ -648,6 +700,38 @@ def _rule_diagnostics(doc: yamlsafe.Document) -> list[Diagnostic]:
     out += _tag_rules(doc, _mapping(data, "deployment").get("tags"))
     out += _job_variable_rules(doc, _mapping(data, "deployment").get("job_variables"))
     out += _runtime_rules(doc, _mapping(data, "runtime"))
+    out += _executor_rules(doc, _mapping(data, "deployment"), _mapping(data, "runtime"))
+    return out
+
+
+def _executor_rules(
+    doc: yamlsafe.Document, deployment: dict[str, Any], runtime: dict[str, Any]
+) -> list[Diagnostic]:
+    """A cluster's workers start steps from the code package and share the run's data."""
+    executor = deployment.get("executor")
+    if not isinstance(executor, dict) or executor.get("kind") != "dask":
+        return []
+    out = []
+    code = deployment.get("code")
+    kind = code.get("kind") if isinstance(code, dict) else "package"
+    if kind != "package":
+        out.append(
+            doc.diagnostic(
+                ("deployment", "code", "kind"),
+                "executor.code",
+                f"the dask executor starts each step from the run's code package, not from "
+                f"`{kind}`; use `kind: package` (or remove deployment.code)",
+            )
+        )
+    if runtime.get("datastore") not in REMOTE_DATASTORES:
+        out.append(
+            doc.diagnostic(
+                ("runtime", "datastore"),
+                "executor.datastore",
+                f"the dask executor's workers share the run's data through the datastore, and "
+                f"`{runtime.get('datastore')}` is one machine's; use s3, azure or gs",
+            )
+        )
     return out
 
 

@@ -152,3 +152,60 @@ def _started(
         yield process
     finally:
         stop_process_group(process)
+
+
+@contextlib.contextmanager
+def dask_cluster(
+    tmp: Path, workers: Mapping[str, Mapping[str, str]], resources: Mapping[str, str] | None = None
+) -> Iterator[dict[str, Any]]:
+    """A Dask scheduler and one worker per entry of `workers` (name -> that worker's whole
+    environment), each in `tmp/<name>` with its HOME there, two threads each, no nanny (so a
+    test can kill one outright). `resources` gives a worker's `--resources`. Yields the
+    scheduler's address and the worker processes by name."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    address = f"tcp://127.0.0.1:{free_port()}"
+    port = address.rsplit(":", 1)[1]
+    scheduler_cmd = [sys.executable, "-m", "distributed.cli.dask_scheduler"]
+    scheduler_cmd += ["--host", "127.0.0.1", "--port", port, "--dashboard-address", ":0"]
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    with open(tmp / "scheduler.log", "wb") as log:
+        scheduler = subprocess.Popen(
+            scheduler_cmd, cwd=tmp, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        for name, env in workers.items():
+            folder = tmp / name
+            (folder / "home").mkdir(parents=True, exist_ok=True)
+            command = [sys.executable, "-m", "distributed.cli.dask_worker", address]
+            command += ["--name", name, "--nthreads", "2", "--no-nanny", "--no-dashboard"]
+            command += ["--local-directory", str(folder / "dask")]
+            if resources and name in resources:
+                command += ["--resources", resources[name]]
+            with open(folder / "worker.log", "wb") as log:
+                procs[name] = subprocess.Popen(
+                    command,
+                    cwd=folder,
+                    env=dict(env, HOME=str(folder / "home")),
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+        _wait_for_workers(address, len(workers), tmp)
+        yield {"address": address, "workers": procs, "scheduler": scheduler}
+    finally:
+        for proc in procs.values():
+            stop_process_group(proc)
+        stop_process_group(scheduler)
+
+
+def _wait_for_workers(address: str, count: int, tmp: Path, timeout: float = 90) -> None:
+    from distributed import Client
+
+    with Client(address, timeout="60s") as client:
+        try:
+            client.wait_for_workers(count, timeout=timeout)
+        except TimeoutError:
+            logs = "\n".join(p.read_text()[-1500:] for p in sorted(tmp.rglob("*.log")))
+            raise RuntimeError(
+                f"the Dask workers did not join within {timeout}s:\n{logs}"
+            ) from None

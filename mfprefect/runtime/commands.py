@@ -266,3 +266,37 @@ def run_secret_values(ctx: RunContext, resolve_secret: Any = None) -> list[str]:
         for value in secret_values(environment(ctx, step, resolve_secret), ctx.manifest, step):
             found[value] = None
     return list(found)
+
+
+def remote_environment(
+    ctx: RunContext, step: str | None
+) -> tuple[dict[str, str], dict[str, EnvRef | SecretRef]]:
+    """What a step running on another machine adds to that machine's own environment: plain
+    values, and the references it resolves there (so secret values never travel with the task).
+    A later layer's literal replaces an earlier reference, and the other way round."""
+    plain: dict[str, str] = {}
+    refs: dict[str, EnvRef | SecretRef] = {}
+    user = next(
+        (ctx.base_env[n] for n in USER_VARIABLES if ctx.base_env.get(n, "root") != "root"), None
+    )
+    if user:
+        # Every task of the run records the same user, whichever machine runs it.
+        plain["METAFLOW_USER"] = user
+    if ctx.manifest.configs:
+        plain["METAFLOW_FLOW_CONFIG_VALUE"] = json.dumps(dict(ctx.manifest.configs))
+    layers: list[Mapping[str, EnvValue]] = [ctx.manifest.deployment.environment]
+    if step is not None:
+        layers.append(ctx.manifest.steps[step].environment)
+    for layer in layers:
+        for name, value in layer.items():
+            if isinstance(value, (EnvRef, SecretRef)):
+                refs[name] = value
+                plain.pop(name, None)
+            else:
+                plain[name] = value
+                refs.pop(name, None)
+    return plain, refs
+
+
+# Where Metaflow finds the user's name, in its own order (metaflow.util.get_username).
+USER_VARIABLES = ("METAFLOW_USER", "SUDO_USER", "USERNAME", "USER")

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 from ..errors import RuntimeFailure
 from ..manifest import Manifest, SecretRef, StepSpec
 from . import commands
+from .zygote import die_with_parent
 
 # Log lines kept per task for the failure message.
 TAIL_LINES = 20
@@ -38,6 +39,20 @@ class StepFailed(RuntimeFailure):
         super().__init__(f"step failed: {pathspec}: {reason}", hint=detail or None)
         self.pathspec = pathspec
         self.retryable = retryable
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Sent back from a Dask worker: rebuilt as it was, not from its message alone.
+        return (_restore_step_failed, (self.message, self.hint, self.pathspec, self.retryable))
+
+
+def _restore_step_failed(
+    message: str, hint: str | None, pathspec: str, retryable: bool
+) -> StepFailed:
+    failed = StepFailed.__new__(StepFailed)
+    RuntimeFailure.__init__(failed, message, hint=hint)
+    failed.pathspec = pathspec
+    failed.retryable = retryable
+    return failed
 
 
 class RunCancelled(RuntimeFailure):
@@ -215,15 +230,20 @@ class StepProcess(Protocol):
 Launcher = Callable[[list[str], Mapping[str, str]], Awaitable[StepProcess]]
 
 
-async def spawn_process(args: list[str], env: Mapping[str, str]) -> StepProcess:
-    """A fresh step process in its own session, with output on pipes."""
+async def spawn_process(
+    args: list[str], env: Mapping[str, str], cwd: str | None = None, tied: bool = False
+) -> StepProcess:
+    """A fresh step process in its own session, with output on pipes. A `tied` one is killed
+    by the kernel if the process that started it dies (a Dask worker killed mid-step)."""
     return await asyncio.create_subprocess_exec(
         *args,
         env=dict(env),
+        cwd=cwd,
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         start_new_session=True,
+        preexec_fn=die_with_parent if tied and sys.platform.startswith("linux") else None,
     )
 
 

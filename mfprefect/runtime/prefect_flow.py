@@ -7,36 +7,21 @@ import contextlib
 import dataclasses
 import json
 import os
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from prefect import flow, get_run_logger, tags, task
 from prefect.artifacts import acreate_markdown_artifact
-from prefect.cache_policies import NO_CACHE
 from prefect.context import TagsContext
 from prefect.runtime import flow_run as flow_run_info
 from prefect.runtime import task_run as task_run_info
 
 from ..manifest import Manifest
-from . import commands, engine
+from . import cluster, commands, engine, step_tasks
 from .datastore import Datastore, TaskRecord
 from .engine import RunSummary
 from .zygote import ForkedProcess, Zygote
-
-
-def _retry_allowed(_task: Any, _task_run: Any, state: Any) -> bool:
-    exc = getattr(state, "data", None)
-    return not (isinstance(exc, engine.StepFailed) and not exc.retryable)
-
-
-def _task_run_name(step: str, indices: tuple[int, ...]) -> str:
-    return step + (f"[{'.'.join(str(i) for i in indices)}]" if indices else "")
-
-
-def _artifact_key(text: str) -> str:
-    return re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")[:100] or "step"
 
 
 class PrefectSteps:
@@ -71,20 +56,7 @@ class PrefectSteps:
         indices: tuple[int, ...],
         clone_of: str | None = None,
     ) -> engine.TaskResult:
-        spec = self.manifest.steps.get(step)
-        options: dict[str, Any] = {
-            "name": step,
-            "task_run_name": _task_run_name(step, indices),
-            "cache_policy": NO_CACHE,
-            "retry_condition_fn": _retry_allowed,
-            "tags": engine.resource_tags(spec) if spec else [],
-        }
-        if spec is not None:
-            _, total = commands.max_retries(self.manifest, step)
-            options["retries"] = total
-            options["retry_delay_seconds"] = spec.retries.delay_seconds if spec.retries else 0
-        if clone_of is not None:
-            options["task_run_name"] += " (cloned)"
+        options = step_tasks.task_options(self.manifest, step, indices, clone_of)
         runnable = task(self._attempt, **options)
         result: engine.TaskResult = await runnable(
             runner, step, task_id, inputs, split_index, clone_of
@@ -165,27 +137,13 @@ class PrefectSteps:
             self._save_logs(pathspec, attempt, outcome, logger)
             if outcome.returncode == 0 and not outcome.timed_out:
                 record = await self._inspect(inspect, launched)
-        flow_name = self.manifest.flow_class
-        if outcome.timed_out:
-            raise engine.StepFailed(
-                f"{flow_name}/{pathspec}", "timed out and was stopped", outcome.stderr
-            )
-        if outcome.returncode != 0:
-            reason = f"exited with code {outcome.returncode}"
-            if outcome.returncode < 0:
-                reason = f"killed by signal {-outcome.returncode}"
-            retryable = outcome.returncode != commands.NO_RETRY_EXIT_CODE
-            raise engine.StepFailed(f"{flow_name}/{pathspec}", reason, outcome.stderr, retryable)
+        result = step_tasks.judge(self.manifest.flow_class, pathspec, attempt, outcome, record)
         if record is None:
-            return engine.TaskResult(pathspec, attempt)
-        if not record.ok:
-            raise engine.StepFailed(
-                f"{flow_name}/{pathspec}", "exited 0 but did not finish its task", outcome.stderr
-            )
+            return result
         if step not in self.reported_steps:
             self.reported_steps.add(step)
             await self._report_artifacts(step, pathspec, record.names)
-        return engine.TaskResult(pathspec, attempt, record.values)
+        return result
 
     async def _launch(
         self, args: list[str], env: Mapping[str, str], inspect: Mapping[str, Any] | None
@@ -263,17 +221,9 @@ class PrefectSteps:
 
     async def _report_artifacts(self, step: str, pathspec: str, names: list[str]) -> None:
         full = f"{self.manifest.flow_class}/{pathspec}"
-        listed = "\n".join(f"- `{name}`" for name in names) or "(none)"
-        body = (
-            f"### Metaflow task `{full}`\n\nArtifacts:\n{listed}\n\n"
-            "```python\nfrom metaflow import Task, namespace\nnamespace(None)\n"
-            f"task = Task({full!r})\n"
-            + "".join(f"task.data.{name}\n" for name in names[:20])
-            + "```\n"
-        )
         await acreate_markdown_artifact(
-            markdown=body,
-            key=_artifact_key(f"{step}-artifacts"),
+            markdown=step_tasks.artifacts_markdown(self.manifest.flow_class, pathspec, names),
+            key=step_tasks.artifact_key(f"{step}-artifacts"),
             description=f"Artifacts of {full}",
         )
 
@@ -305,7 +255,9 @@ async def execute(manifest: Manifest, parameters: Mapping[str, Any], options: Ru
 async def _execute(manifest: Manifest, parameters: Mapping[str, Any], options: RunOptions) -> str:
     datastore = Datastore.for_manifest(manifest)
     values = commands.parameter_values(manifest, {**options.origin_parameters, **parameters})
-    secrets = await resolve_secrets(manifest)
+    on_cluster = manifest.deployment.executor.kind == "dask"
+    # On a cluster, references are resolved by the worker that runs the step.
+    secrets = {} if on_cluster else await resolve_secrets(manifest)
     # A deployment's run is named after its flow run, so a trigger knows the pathspec at once.
     run_id = options.run_id or "prefect-" + str(flow_run_info.id).replace("-", "")
     ctx = commands.RunContext(
@@ -320,16 +272,41 @@ async def _execute(manifest: Manifest, parameters: Mapping[str, Any], options: R
         + (f"prefect_flow_run:{flow_run_info.id}",),
         base_env=dict(os.environ),
     )
-    for step in [None, *manifest.steps]:
-        commands.environment(ctx, step, secrets.get)
+    if not on_cluster:
+        for step in [None, *manifest.steps]:
+            commands.environment(ctx, step, secrets.get)
     ctx = await _registered(ctx, secrets)
+    if on_cluster:
+        address = cluster.resolve_address(manifest.deployment.executor, os.environ)
+        code = await asyncio.to_thread(cluster.run_code, manifest, os.environ)
+        with cluster.ClusterSteps(manifest, datastore, address, code) as on_workers:
+            await _walk(manifest, ctx, values, on_workers, options, None)
+        return f"{manifest.flow_class}/{ctx.run_id}"
     zygote = options.zygote or _start_zygote(manifest, commands.runtime_environment(ctx))
     steps = PrefectSteps(manifest, datastore, secrets, zygote)
+    try:
+        await _walk(manifest, ctx, values, steps, options, steps)
+    finally:
+        if zygote is not None and zygote is not options.zygote:
+            zygote.close()
+    return f"{manifest.flow_class}/{ctx.run_id}"
+
+
+async def _walk(
+    manifest: Manifest,
+    ctx: commands.RunContext,
+    values: Mapping[str, Any],
+    run_task: Any,
+    options: RunOptions,
+    local: PrefectSteps | None,
+) -> None:
+    """Walk the pipeline's graph, each task through `run_task`, until it ends, fails or the flow
+    run is cancelled in Prefect."""
     runner = engine.Runner(
         manifest,
         ctx,
         values,
-        steps,
+        run_task,
         clone_from=options.clones,
         origin_run_id=options.clone_run_id,
     )
@@ -345,10 +322,8 @@ async def _execute(manifest: Manifest, parameters: Mapping[str, Any], options: R
         raise
     finally:
         watcher.cancel()
-        await steps.drain()
-        if zygote is not None and zygote is not options.zygote:
-            zygote.close()
-    return f"{manifest.flow_class}/{ctx.run_id}"
+        if local is not None:
+            await local.drain()
 
 
 async def _registered(ctx: commands.RunContext, secrets: Mapping[str, str]) -> commands.RunContext:
@@ -480,8 +455,11 @@ def run_manifest(
         origin_parameters = _parameters_from_artifacts(manifest, stored)
     commands.parameter_values(manifest, {**origin_parameters, **parameters})
     precheck = commands.RunContext(manifest, "", "", "", "", base_env=dict(os.environ))
-    for step in [None, *manifest.steps]:
-        commands.environment(precheck, step, lambda _block: "")
+    if manifest.deployment.executor.kind == "dask":
+        cluster.resolve_address(manifest.deployment.executor, os.environ)
+    else:
+        for step in [None, *manifest.steps]:
+            commands.environment(precheck, step, lambda _block: "")
     run_id = run_id or engine.new_run_id()
     pathspec = f"{manifest.flow_class}/{run_id}"
     echo(f"Metaflow run {pathspec}")
@@ -494,7 +472,10 @@ def run_manifest(
         clone_run_id=clone_run_id,
         clones=clones,
         origin_parameters=origin_parameters,
-        zygote=_start_zygote(manifest, commands.runtime_environment(shared)),
+        # Steps on a cluster start on its workers; the flow (sent with each task) holds no zygote.
+        zygote=None
+        if manifest.deployment.executor.kind == "dask"
+        else _start_zygote(manifest, commands.runtime_environment(shared)),
     )
     prefect_flow = build_flow(manifest, options)
     try:
@@ -511,7 +492,7 @@ def run_manifest(
     if not state.is_completed():
         try:
             state.result()
-        except (engine.StepFailed, engine.RunCancelled):
+        except engine.RuntimeFailure:  # a step, a cancellation, the cluster: said as it is
             raise
         except BaseException as exc:  # noqa: BLE001 - reported as one line
             if state.name == "TimedOut":

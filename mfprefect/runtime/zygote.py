@@ -42,6 +42,15 @@ _MAX_REQUEST = 8 * 1024 * 1024
 _PR_SET_PDEATHSIG = 1
 
 
+def startup_variables(env: Mapping[str, str]) -> dict[str, str]:
+    """The variables of `env` that Python or Metaflow read at import time."""
+    return {
+        name: value
+        for name, value in env.items()
+        if name.startswith(_STARTUP_PREFIXES) or name in _STARTUP_NAMES
+    }
+
+
 def fork_compatible(step_env: Mapping[str, str], zygote_env: Mapping[str, str]) -> bool:
     """True when every variable read at import time has the same value in both environments."""
     names = {
@@ -82,7 +91,7 @@ def _ask_git_once(flow_dir: str) -> None:
         metaflow_version.get_version(public=True)
 
 
-def _die_with_parent(sig: int = signal.SIGKILL) -> None:
+def die_with_parent(sig: int = signal.SIGKILL) -> None:
     """Ask the kernel to send `sig` to this process when the one that started it dies."""
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL(None, use_errno=True)
@@ -96,7 +105,7 @@ def _child(
     code = 1
     try:
         os.setsid()
-        _die_with_parent()
+        die_with_parent()
         signal.set_wakeup_fd(-1)
         for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGPIPE):
             signal.signal(sig, signal.SIG_DFL)
@@ -180,7 +189,7 @@ def serve(address: str, flow_dir: str) -> int:
     the way out, as when stdin closes.
     """
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    _die_with_parent(signal.SIGTERM)
+    die_with_parent(signal.SIGTERM)
     main_globals = _preload()
     _ask_git_once(flow_dir)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -350,6 +359,16 @@ class Zygote:
             line = await asyncio.get_running_loop().run_in_executor(None, stdout.readline)
             self._ready = line.strip() == b"ready"
         return self._ready
+
+    def wait_ready(self) -> bool:
+        """`ready`, blocking this thread (for a caller that has no event loop of its own yet)."""
+        if self._ready is None:
+            assert self._proc.stdout is not None
+            self._ready = self._proc.stdout.readline().strip() == b"ready"
+        return self._ready
+
+    def alive(self) -> bool:
+        return self._proc.poll() is None
 
     async def spawn(
         self,
