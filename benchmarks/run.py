@@ -1,6 +1,7 @@
 """Benchmarks: mfprefect against Metaflow's own commands, alternating sides, medians and ratios.
 
     python benchmarks/run.py [--repeat 5] [--only linear,foreach20,...,gitops,deploy] [--readme]
+    python benchmarks/run.py --repeat 1 --only dask     # writes benchmarks/RESULTS-dask.md
 
 Writes benchmarks/RESULTS.md (and, with --readme, the table between the markers in README.md).
 Each workload runs in fresh temporary folders; peak memory is the RSS of the whole process tree,
@@ -11,6 +12,7 @@ server is not counted).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -572,6 +574,134 @@ def bench_deploy(repeat: int, work: Path) -> list[Row]:
     return rows
 
 
+def _dask_cluster(
+    work: Path, env: dict[str, str], workers: int
+) -> tuple[str, list[subprocess.Popen[bytes]]]:
+    """A Dask scheduler and `workers` workers (2 threads each, own folder and HOME)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    address = f"tcp://127.0.0.1:{port}"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1"]
+            + ["--port", str(port), "--dashboard-address", ":0"],
+            env=env,
+            cwd=work,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    ]
+    for index in range(workers):
+        folder = work / f"worker-{index}"
+        (folder / "home").mkdir(parents=True)
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "distributed.cli.dask_worker", address, "--nthreads", "2"]
+                + ["--no-nanny", "--no-dashboard", "--local-directory", str(folder / "dask")],
+                env=dict(env, HOME=str(folder / "home")),
+                cwd=folder,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        )
+    from distributed import Client
+
+    with Client(address, timeout="60s") as client:
+        client.wait_for_workers(workers, timeout=120)
+    return address, procs
+
+
+def bench_dask(repeat: int, work: Path) -> list[Row]:
+    """A foreach of 200 x 0.5 s: the local executor (parallelism 4) against a Dask cluster of
+    two workers with two threads each (4 slots too), both on the S3 datastore (moto)."""
+    from mfprefect.runtime import local_server
+
+    env = base_env(work)
+    os.environ["MFPREFECT_HOME"] = env["MFPREFECT_HOME"]
+    s3, s3_env = _s3(work)
+    env.update(s3_env)
+    env["PREFECT_API_URL"] = local_server.ensure_server()
+    address, procs = _dask_cluster(work, env, workers=2)
+    try:
+        flow = work / "foreach_sleep.py"
+        shutil.copy(FLOWS / "foreach_sleep.py", flow)
+        manifest = work / "foreach-sleep.yaml"
+        subprocess.run(
+            [sys.executable, "-m", "mfprefect.cli", "export", str(flow), "-o", str(manifest)]
+            + ["--datastore", "s3", "--datastore-root", "s3://bench/metaflow"],
+            env=env,
+            check=True,
+            capture_output=True,
+        )
+        text = manifest.read_text()
+        assert "  parallelism: 16\n" in text, "the export's default parallelism changed"
+        manifest.write_text(text.replace("  parallelism: 16\n", "  parallelism: 4\n", 1))
+        items = int(os.environ.get("BENCH_DASK_ITEMS", "200"))
+        run = [sys.executable, "-m", "mfprefect.cli", "run", str(manifest), "--param", f"n={items}"]
+        steps = items + 3
+        peaks: dict[str, float] = {"scheduler": 0.0, "worker": 0.0, "worker tree": 0.0}
+
+        def on_cluster() -> Sample:
+            done = threading.Event()
+
+            def sample() -> None:
+                while not done.is_set():
+                    peaks["scheduler"] = max(peaks["scheduler"], _tree_rss_mb(procs[0].pid))
+                    for proc in procs[1:]:
+                        peaks["worker"] = max(peaks["worker"], _rss_mb(proc.pid))
+                        peaks["worker tree"] = max(peaks["worker tree"], _tree_rss_mb(proc.pid))
+                    done.wait(0.2)
+
+            sampler = threading.Thread(target=sample, daemon=True)
+            sampler.start()
+            try:
+                return measure(run + ["--address", address], env, work, runner=True)
+            finally:
+                done.set()
+                sampler.join()
+
+        row = alternate(
+            Row(
+                f"foreach {items} x 0.5 s, 4 slots",
+                "dask: 2 workers x 2 threads",
+                "local executor",
+            ),
+            repeat,
+            on_cluster,
+            lambda: measure(run, env, work, runner=True),
+        )
+        extra = (row.median("ours") - row.median("theirs")) * 4 / steps
+        row.note = (
+            f"cluster adds {extra * 1000:.0f} ms per step (slot-seconds); peak RSS: scheduler "
+            f"{peaks['scheduler']:.0f} MB, each worker {peaks['worker']:.0f} MB alone and "
+            f"{peaks['worker tree']:.0f} MB with its launcher and steps"
+        )
+        # The runner's own tree does not hold the cluster: its memory column is the flow run's.
+        return [row]
+    finally:
+        for proc in reversed(procs):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, 9)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(s3.pid, 9)
+
+
+def _rss_mb(pid: int) -> float:
+    """The resident memory of one process (VmRSS)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
 def machine() -> str:
     model = "unknown CPU"
     try:
@@ -636,8 +766,12 @@ def main() -> int:
             rows += bench_gitops(args.repeat, _fresh(work / "gitops"))
         if "deploy" in only:
             rows += bench_deploy(args.repeat, _fresh(work / "deploy"))
+        if "dask" in only:
+            rows += bench_dask(args.repeat, _fresh(work / "dask"))
     text = table(rows, args.repeat)
-    (Path(__file__).resolve().parent / "RESULTS.md").write_text("# Benchmark results\n\n" + text)
+    # The Dask workload (minutes long, not in the default set) keeps a results file of its own.
+    name = "RESULTS-dask.md" if only == {"dask"} else "RESULTS.md"
+    (Path(__file__).resolve().parent / name).write_text("# Benchmark results\n\n" + text)
     print(text)
     if args.readme:
         readme = ROOT / "README.md"

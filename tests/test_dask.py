@@ -271,6 +271,57 @@ def _processes_with(variable: str) -> list[int]:
     return found
 
 
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().split(") ")[1][0] != "Z"
+    except OSError:
+        return False
+
+
+def test_cancelling_the_flow_run_stops_the_steps_on_every_worker(stack: dict[str, Any]) -> None:
+    env = dict(stack["env"])
+    folder = stack["base"] / "cancelled"
+    manifest = _export(folder, env)
+    homes = [stack["base"] / "cluster" / name / "home" for name in ("plain", "gpu")]
+    for home in homes:
+        for old in home.glob("started-*"):
+            old.unlink()
+    address = stack["cluster"]["address"]
+    command = [sys.executable, "-m", "mfprefect.cli", "run", str(manifest), "--address", address]
+    command += ["--param", "items=4", "--param", "pause=300"]
+    with open(folder / "run.log", "wb") as log:
+        running = subprocess.Popen(
+            command, env=env, cwd=folder, stdout=log, stderr=subprocess.STDOUT
+        )
+    try:
+        deadline = time.monotonic() + 180
+        while not all(list(home.glob("started-*")) for home in homes):
+            assert running.poll() is None, (folder / "run.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "the items did not start on both workers"
+            time.sleep(0.2)
+        steps = [int(p.read_text() or 0) for home in homes for p in home.glob("started-*")]
+        assert steps and all(_alive(pid) for pid in steps)
+        output = (folder / "run.log").read_text()
+        flow_run_id = output.split("/runs/flow-run/")[1].split()[0]
+        api(
+            env,
+            "POST",
+            f"/flow_runs/{flow_run_id}/set_state",
+            {"state": {"type": "CANCELLING"}, "force": True},
+        )
+        assert running.wait(timeout=120) == 3
+    finally:
+        if running.poll() is None:
+            running.kill()
+    deadline = time.monotonic() + 15
+    while any(_alive(pid) for pid in steps) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not [pid for pid in steps if _alive(pid)]
+    output = (folder / "run.log").read_text()
+    assert "mfprefect: error: the flow run was cancelled; its steps were stopped" in output
+
+
 def test_a_worker_killed_mid_foreach_costs_only_a_retry(stack: dict[str, Any]) -> None:
     """Runs last: it leaves the cluster with one worker."""
     env = dict(stack["env"])

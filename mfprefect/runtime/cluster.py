@@ -168,6 +168,11 @@ class ClusterSteps:
         return self
 
     def __exit__(self, *exc: Any) -> None:
+        from .cluster_task import flush_logs
+
+        with contextlib.suppress(Exception):
+            # Every worker's step logs are in Metaflow's datastore before the run ends.
+            self.task_runner.client.run(flush_logs, wait=True)
         with contextlib.suppress(Exception):
             self.task_runner.__exit__(*exc)
 

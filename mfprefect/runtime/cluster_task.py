@@ -14,6 +14,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import shutil
 import sys
@@ -96,6 +97,66 @@ def _zygote_for(folder: str, env: Mapping[str, str]) -> Zygote | None:
             return None
         _ZYGOTES[key] = made
         return made
+
+
+class _LogSaver:
+    """Saves steps' output to Metaflow's task logs from one thread of this worker process, in
+    batches (one datastore write per batch, not per step), off every task's own path. The flow
+    run waits for it at its end (`flush_logs`)."""
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._queue: list[tuple[tuple[str, str, str], dict[str, Any]]] = []
+        self._saving = False
+        self._thread: threading.Thread | None = None
+
+    def add(self, where: tuple[str, str, str], task: dict[str, Any]) -> None:
+        with self._changed:
+            self._queue.append((where, task))
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._loop, name="mfprefect-log-saver", daemon=True
+                )
+                self._thread.start()
+            self._changed.notify_all()
+
+    def idle(self) -> bool:
+        with self._changed:
+            return not self._queue and not self._saving
+
+    def _loop(self) -> None:
+        while True:
+            with self._changed:
+                while not self._queue:
+                    self._changed.wait()
+                batch, self._queue = self._queue, []
+                self._saving = True
+            try:
+                groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+                for where, task in batch:
+                    groups.setdefault(where, []).append(task)
+                for where, tasks in groups.items():
+                    try:
+                        errors = Datastore(*where).save_all_logs(tasks)
+                    except Exception as exc:  # noqa: BLE001 - the steps' own results stand
+                        errors = {task["pathspec"]: str(exc) for task in tasks}
+                    for pathspec, error in errors.items():
+                        _LOG.warning(f"could not save the logs of {pathspec}: {error}")
+            finally:
+                with self._changed:
+                    self._saving = False
+
+
+_LOG = logging.getLogger("mfprefect.cluster")
+_SAVER = _LogSaver()
+
+
+async def flush_logs() -> bool:
+    """Wait until this worker has saved every step's logs (run on each worker by the flow run,
+    through `Client.run`, before the run ends)."""
+    while not _SAVER.idle():
+        await asyncio.sleep(0.05)
+    return True
 
 
 def _dask_worker() -> tuple[Any, Any]:
@@ -261,16 +322,7 @@ async def run_step(request: dict[str, Any]) -> dict[str, Any]:
             "stdout": outcome.stdout,
             "stderr": outcome.stderr,
         }
-        try:
-            if zygote is not None:
-                where_ = {k: report[k] for k in ("flow_name", "kind", "root")}
-                errors = (await zygote.call("save_logs", where_, [task]))["errors"]
-            else:
-                errors = await asyncio.to_thread(store.save_all_logs, [task])
-        except OSError as exc:
-            errors = {pathspec: str(exc)}
-        if errors:
-            logger.warning(f"could not save the step's logs to the datastore: {errors}")
+        _SAVER.add((store.flow_name, store.kind, store.root), task)
         if outcome.returncode == 0 and not outcome.timed_out:
             record = await _record(store, report, launched)
     if claim is not None:

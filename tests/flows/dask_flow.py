@@ -20,7 +20,8 @@ class DaskFlow(FlowSpec):
     def work(self):
         # Each worker's HOME is its own folder: a test watches it to know what runs where.
         marker = os.path.join(os.environ["HOME"], f"started-{self.input}-{current.retry_count}")
-        open(marker, "w").close()
+        with open(marker, "w") as handle:
+            handle.write(str(os.getpid()))
         print(f"item {self.input} on {os.environ.get('WORKER_LABEL')}")
         time.sleep(self.pause)
         self.item = self.input
