@@ -238,7 +238,7 @@ def test_a_deployed_run_finds_the_scheduler_through_the_workers_environment(
     )
     worker = start_worker(machine, POOL, worker_env)
     try:
-        triggered = mfprefect("trigger", "DaskFlow", "--param", "items=6", env=env)
+        triggered = mfprefect("trigger", "DaskFlow", "--param", "items=4", env=env)
         assert triggered.returncode == 0, triggered.stderr
         flow_run_id = triggered.stdout.strip().splitlines()[-1]
         final = wait_flow_run(env, flow_run_id, timeout=300)
@@ -252,7 +252,7 @@ def test_a_deployed_run_finds_the_scheduler_through_the_workers_environment(
         {"task_runs": {"flow_run_id": {"any_": [flow_run_id]}}, "limit": 200},
     )
     work = [t for t in task_runs if t["name"].startswith("work")]
-    assert len(work) == 6
+    assert len(work) == 4
     assert all(any(tag.startswith("dask-worker:") for tag in t["tags"]) for t in task_runs)
 
 
@@ -322,6 +322,68 @@ def test_cancelling_the_flow_run_stops_the_steps_on_every_worker(stack: dict[str
     assert "mfprefect: error: the flow run was cancelled; its steps were stopped" in output
 
 
+def test_a_lost_scheduler_fails_the_run_and_resume_runs_only_the_rest(
+    stack: dict[str, Any],
+) -> None:
+    """A cluster of its own (its scheduler is killed), then resume on the shared one."""
+    env = dict(stack["env"])
+    _secret(env)
+    folder = stack["base"] / "lost-scheduler"
+    manifest = _export(folder, env)
+    workers = {"lonely": _worker_env(env, "lonely")}
+    with dask_cluster(stack["base"] / "doomed", workers, {"lonely": "GPU=1"}) as doomed:
+        home = stack["base"] / "doomed" / "lonely" / "home"
+        command = [sys.executable, "-m", "mfprefect.cli", "run", str(manifest)]
+        command += ["--address", doomed["address"], "--param", "items=4", "--param", "pause=3"]
+        with open(folder / "run.log", "wb") as log:
+            running = subprocess.Popen(
+                command, env=env, cwd=folder, stdout=log, stderr=subprocess.STDOUT
+            )
+        try:
+            deadline = time.monotonic() + 180
+            while len(list(home.glob("started-*"))) < 3:
+                assert running.poll() is None, (folder / "run.log").read_text()[-3000:]
+                assert time.monotonic() < deadline, "the items did not start"
+                time.sleep(0.2)
+            os.killpg(doomed["scheduler"].pid, signal.SIGKILL)
+            assert running.wait(timeout=120) == 3
+        finally:
+            if running.poll() is None:
+                running.kill()
+    output = (folder / "run.log").read_text()
+    errors = [line for line in output.splitlines() if line.startswith("mfprefect: error:")]
+    assert len(errors) == 1 and "did not finish on the Dask cluster at" in errors[0], output[-3000:]
+    first = _run_id(output)
+    homes = [stack["base"] / "cluster" / name / "home" for name in ("plain", "gpu")]
+    for home in homes:
+        for old in home.glob("started-*"):
+            old.unlink()
+    resumed = mfprefect(
+        "resume",
+        str(manifest),
+        "--clone-run-id",
+        first,
+        "--address",
+        stack["cluster"]["address"],
+        env=env,
+        cwd=folder,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    found = _read(env, _run_id(resumed.stderr), folder)
+    assert found["ok"] and found["seen"] == list(range(4))
+    probe = (
+        "import json, sys\nfrom metaflow import Run, namespace\nnamespace(None)\n"
+        "print(json.dumps([t['item'].data for t in Run('DaskFlow/' + sys.argv[1])['work']"
+        " if t.successful]))\n"
+    )
+    done = run([sys.executable, "-c", probe, first], env=env, cwd=folder)
+    assert done.returncode == 0, done.stderr[-2000:]
+    finished_before = set(json.loads(done.stdout.strip().splitlines()[-1]))
+    ran_again = {int(p.name.split("-")[1]) for home in homes for p in home.glob("started-*")}
+    assert finished_before, "no item had finished before the scheduler was killed"
+    assert ran_again == set(range(4)) - finished_before
+
+
 def test_a_worker_killed_mid_foreach_costs_only_a_retry(stack: dict[str, Any]) -> None:
     """Runs last: it leaves the cluster with one worker."""
     env = dict(stack["env"])
@@ -332,7 +394,7 @@ def test_a_worker_killed_mid_foreach_costs_only_a_retry(stack: dict[str, Any]) -
         old.unlink()
     address = stack["cluster"]["address"]
     command = [sys.executable, "-m", "mfprefect.cli", "run", str(manifest), "--address", address]
-    command += ["--param", "items=8", "--param", "pause=6"]
+    command += ["--param", "items=6", "--param", "pause=4"]
     with open(folder / "run.log", "wb") as log:
         running = subprocess.Popen(
             command, env=env, cwd=folder, stdout=log, stderr=subprocess.STDOUT
@@ -351,9 +413,9 @@ def test_a_worker_killed_mid_foreach_costs_only_a_retry(stack: dict[str, Any]) -
             running.kill()
     output = (folder / "run.log").read_text()
     found = _read(env, _run_id(output), folder)
-    assert found["ok"] and found["seen"] == list(range(8))
+    assert found["ok"] and found["seen"] == list(range(6))
     work = {item: (where, retry, attempt) for item, where, retry, attempt in found["work"]}
-    assert len(found["work"]) == 8  # one task per foreach index
+    assert len(found["work"]) == 6  # one task per foreach index
     for item in lost:
         # The attempt on the lost worker counts as failed: the next one is attempt 1.
         assert work[item] == ("gpu", 1, 1), work

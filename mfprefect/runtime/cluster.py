@@ -15,7 +15,7 @@ from typing import Any
 from ..errors import RuntimeFailure, UsageError
 from ..manifest import EnvRef, Executor, Manifest, Resources, SecretRef, StepSpec
 from . import commands, engine, step_tasks
-from .cluster_task import ATTEMPT
+from .cluster_task import ATTEMPT, one_line
 from .datastore import Datastore
 
 # Dask resource names for @resources. A worker advertises what it has with
@@ -149,7 +149,7 @@ class ClusterSteps:
         except (OSError, TimeoutError) as exc:
             self.task_runner.__exit__(None, None, None)
             raise RuntimeFailure(
-                f"cannot reach the Dask scheduler at {self.address}: {_one_line(exc)}",
+                f"cannot reach the Dask scheduler at {self.address}: {one_line(exc)}",
                 hint="check deployment.executor.address and that the scheduler is running",
             ) from None
         offered = [
@@ -303,12 +303,7 @@ class ClusterSteps:
         except Exception as exc:  # noqa: BLE001 - reported as one line
             raise RuntimeFailure(
                 f"step {pathspec} did not finish on the Dask cluster at {self.address}: "
-                f"{_one_line(exc)}",
+                f"{one_line(exc)}",
                 hint="if the scheduler or its workers went away, `mfprefect resume` re-runs "
                 "only what did not finish",
             ) from None
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text}"[:300] if text else type(exc).__name__

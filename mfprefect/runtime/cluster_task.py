@@ -223,7 +223,7 @@ def _tag_task_run(tag: str) -> None:
             context.task_run.tags.append(tag)
 
 
-async def _resolve(refs: Mapping[str, list[str]], env: dict[str, str]) -> list[str]:
+async def _resolve(refs: Mapping[str, list[str]], env: dict[str, str], full: str) -> list[str]:
     """Set each referenced variable in `env`; return the values to mask in output."""
     from prefect.blocks.system import Secret
 
@@ -232,14 +232,22 @@ async def _resolve(refs: Mapping[str, list[str]], env: dict[str, str]) -> list[s
         if kind == "env":
             if target not in env:
                 raise engine.StepFailed(
-                    name,
+                    full,
                     f"environment variable {target} is not set on this Dask worker "
                     f"(the manifest refers to it with {{env: {target}}})",
                     retryable=False,
                 )
             value = env[target]
         else:
-            block: Any = await Secret.aload(target)
+            try:
+                block: Any = await Secret.aload(target)
+            except Exception as exc:  # noqa: BLE001 - said as one line
+                raise engine.StepFailed(
+                    full,
+                    f"cannot read Prefect Secret block `{target}` for {name} on this Dask "
+                    f"worker: {one_line(exc)}",
+                    retryable=False,
+                ) from None
             value = str(block.get())
         env[name] = value
         if value:
@@ -248,7 +256,25 @@ async def _resolve(refs: Mapping[str, list[str]], env: dict[str, str]) -> list[s
 
 
 async def run_step(request: dict[str, Any]) -> dict[str, Any]:
-    """Run one Metaflow task on this Dask worker (see the module's docstring)."""
+    """Run one Metaflow task on this Dask worker (see the module's docstring). Failures come
+    back as StepFailed: whatever else went wrong here is said in one line (another exception
+    might not even survive the way back to the flow run)."""
+    try:
+        return await _run_step(request)
+    except engine.StepFailed:
+        raise
+    except Exception as exc:  # noqa: BLE001 - said as one line
+        raise engine.StepFailed(
+            f"{request['flow']}/{request['pathspec']}", f"on a Dask worker: {one_line(exc)}"
+        ) from None
+
+
+def one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}"[:300] if text else type(exc).__name__
+
+
+async def _run_step(request: dict[str, Any]) -> dict[str, Any]:
     from prefect import get_run_logger
     from prefect.runtime import task_run as task_run_info
 
@@ -272,7 +298,7 @@ async def run_step(request: dict[str, Any]) -> dict[str, Any]:
     folder = await asyncio.to_thread(code_folder, request["code"])
     env = dict(os.environ)
     env.update(request["env"])
-    masked = await _resolve(request["refs"], env)
+    masked = await _resolve(request["refs"], env, f"{request['flow']}/{pathspec}")
     args = [sys.executable, os.path.join(folder, request["flow_file"])]
     args += [str(attempt) if arg == ATTEMPT else arg for arg in request["argv"]]
 
