@@ -13,6 +13,7 @@ from typing import Any
 
 import click
 
+from .cli_options import executor_options
 from .errors import MfprefectError, UsageError
 
 MANIFEST_SUFFIXES = (".yaml", ".yml")
@@ -167,31 +168,11 @@ def export(flow_file: str, output: str, check: bool, **given: Any) -> None:
     sys.exit(code if code in (0, 1, 2) else 1)
 
 
-def executor_options(command: Any) -> Any:
-    """`--executor` and `--address`: where this run's steps execute, over the manifest's choice."""
-    command = click.option(
-        "--address",
-        metavar="tcp://HOST:PORT",
-        help="The Dask scheduler (implies --executor dask).",
-    )(command)
-    return click.option(
-        "--executor",
-        type=click.Choice(["local", "dask"]),
-        help="Run steps here (local) or on a Dask cluster (dask); default: deployment.executor.",
-    )(command)
-
-
 def load_for_run(manifest: str, executor: str | None, address: str | None) -> Any:
-    from .manifest import load, with_executor
+    from .cli_options import chosen_executor
+    from .manifest import load
 
-    loaded = load(*manifest_files((manifest,))[0])
-    if address and executor is None:
-        executor = "dask"
-    if executor == "local" and address:
-        raise UsageError("--address is for --executor dask")
-    if executor is not None:
-        loaded = with_executor(loaded, executor, address)
-    return loaded
+    return chosen_executor(load(*manifest_files((manifest,))[0]), executor, address)
 
 
 @cli.command(name="run")
@@ -200,7 +181,7 @@ def load_for_run(manifest: str, executor: str | None, address: str | None) -> An
     "--param", "params", multiple=True, metavar="NAME=VALUE", help="A parameter value (repeatable)."
 )
 @click.option("--tag", "tags", multiple=True, help="A Metaflow tag for the run (repeatable).")
-@executor_options
+@executor_options(click)
 def run_command(
     manifest: str,
     params: tuple[str, ...],
@@ -227,7 +208,7 @@ def run_command(
     help="The Metaflow run id to resume (its successful tasks are reused).",
 )
 @click.option("--tag", "tags", multiple=True, help="A Metaflow tag for the new run (repeatable).")
-@executor_options
+@executor_options(click)
 def resume_command(
     manifest: str,
     clone_run_id: str,

@@ -12,6 +12,7 @@ from metaflow._vendor import click
 from metaflow.exception import MetaflowException
 
 from . import document, export
+from .cli_options import chosen_executor, executor_options
 from .errors import MfprefectError
 
 # How this command line starts an error message (runtime/waiter.py prints it the same way).
@@ -64,8 +65,15 @@ def export_command(obj: Any, manifest: str, check: bool, **given: Any) -> None:
     name="run", help="Run this flow now on Prefect, as one flow run (no server to set up)."
 )
 @click.option("--tag", "run_tags", multiple=True, help="A Metaflow tag for the run (repeatable).")
+@executor_options(click)
 @click.pass_obj
-def run_command(obj: Any, run_tags: tuple[str, ...], **kwargs: Any) -> None:
+def run_command(
+    obj: Any,
+    run_tags: tuple[str, ...],
+    executor: str | None,
+    address: str | None,
+    **kwargs: Any,
+) -> None:
     from .manifest import from_data
     from .runtime.local import run_locally
 
@@ -78,7 +86,13 @@ def run_command(obj: Any, run_tags: tuple[str, ...], **kwargs: Any) -> None:
             values[name] = value
     echo = lambda line: click.echo(line, err=True)  # noqa: E731
     _report_run(
-        lambda: run_locally(manifest, values, echo=echo, tags=run_tags, error_prefix=ERROR_PREFIX)
+        lambda: run_locally(
+            chosen_executor(manifest, executor, address),
+            values,
+            echo=echo,
+            tags=run_tags,
+            error_prefix=ERROR_PREFIX,
+        )
     )
 
 
@@ -89,8 +103,15 @@ def run_command(obj: Any, run_tags: tuple[str, ...], **kwargs: Any) -> None:
 @click.option(
     "--tag", "run_tags", multiple=True, help="A Metaflow tag for the new run (repeatable)."
 )
+@executor_options(click)
 @click.pass_obj
-def resume_command(obj: Any, clone_run_id: str, run_tags: tuple[str, ...]) -> None:
+def resume_command(
+    obj: Any,
+    clone_run_id: str,
+    run_tags: tuple[str, ...],
+    executor: str | None,
+    address: str | None,
+) -> None:
     from .manifest import from_data
     from .runtime.local import run_locally
 
@@ -98,7 +119,7 @@ def resume_command(obj: Any, clone_run_id: str, run_tags: tuple[str, ...]) -> No
     echo = lambda line: click.echo(line, err=True)  # noqa: E731
     _report_run(
         lambda: run_locally(
-            manifest,
+            chosen_executor(manifest, executor, address),
             {},
             echo=echo,
             tags=run_tags,

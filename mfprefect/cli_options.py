@@ -1,0 +1,38 @@
+"""Options both command lines share (`mfprefect ...` and `python flow.py prefect ...`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from .errors import UsageError
+from .manifest import Manifest, with_executor
+
+
+def executor_options(click: Any) -> Callable[[Any], Any]:
+    """`--executor` and `--address`: where this run's steps execute, over the manifest's choice.
+    `click` is the command line's own (Metaflow's CLI has a vendored copy)."""
+
+    def decorate(command: Any) -> Any:
+        command = click.option(
+            "--address",
+            metavar="tcp://HOST:PORT",
+            help="The Dask scheduler (implies --executor dask).",
+        )(command)
+        return click.option(
+            "--executor",
+            type=click.Choice(["local", "dask"]),
+            help="Run steps here (local) or on a Dask cluster (dask); default: "
+            "deployment.executor.",
+        )(command)
+
+    return decorate
+
+
+def chosen_executor(manifest: Manifest, executor: str | None, address: str | None) -> Manifest:
+    """The manifest with the executor the command line chose (unchanged if it chose none)."""
+    if address and executor is None:
+        executor = "dask"
+    if executor == "local" and address:
+        raise UsageError("--address is for --executor dask")
+    return manifest if executor is None else with_executor(manifest, executor, address)
