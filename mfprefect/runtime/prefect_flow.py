@@ -275,7 +275,7 @@ async def _execute(manifest: Manifest, parameters: Mapping[str, Any], options: R
     if not on_cluster:
         for step in [None, *manifest.steps]:
             commands.environment(ctx, step, secrets.get)
-    ctx = await _registered(ctx, secrets)
+    ctx = await _registered(ctx, secrets, on_cluster)
     if on_cluster:
         address = cluster.resolve_address(manifest.deployment.executor, os.environ)
         code = await asyncio.to_thread(cluster.run_code, manifest, os.environ)
@@ -326,15 +326,24 @@ async def _walk(
             await local.drain()
 
 
-async def _registered(ctx: commands.RunContext, secrets: Mapping[str, str]) -> commands.RunContext:
-    """The run registered with a metadata service, under the id the service recorded."""
+async def _registered(
+    ctx: commands.RunContext, secrets: Mapping[str, str], on_cluster: bool = False
+) -> commands.RunContext:
+    """The run registered with a metadata service, under the id the service recorded. With
+    steps on a cluster, the manifest's references are the workers' to resolve: registration
+    uses this process's own environment (where the service settings are)."""
     args = commands.register_command(ctx)
     if args is None:
         return ctx
     logger = get_run_logger()
+    env = (
+        commands.runtime_environment(ctx)
+        if on_cluster
+        else commands.environment(ctx, None, secrets.get)
+    )
     outcome = await engine.run_process(
         args,
-        commands.environment(ctx, None, secrets.get),
+        env,
         lambda stream, line: logger.warning(line) if stream == "stderr" else None,
         timeout=300,
         secrets=list(secrets.values()),
