@@ -62,6 +62,9 @@ def _worker_env(applier: dict[str, str], label: str) -> dict[str, str]:
         if name.startswith(("METAFLOW_S3_", "AWS_")):
             env[name] = value
     env.update(
+        # Metaflow's S3 client starts one process (and boto3 client) per object, up to 64, for
+        # every batch a step saves or reads: two keep this 2-core machine's tests fast.
+        METAFLOW_S3_WORKER_COUNT="2",
         METAFLOW_DATASTORE_SYSROOT_S3=applier["METAFLOW_DATASTORE_SYSROOT_S3"],
         METAFLOW_DATASTORE_SYSROOT_LOCAL=applier["METAFLOW_DATASTORE_SYSROOT_LOCAL"],
         WORKER_LABEL=label,
