@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import RuntimeFailure, UsageError
-from ..manifest import EnvRef, Executor, Manifest, Resources, SecretRef, StepSpec
+from ..manifest import EnvRef, Executor, Manifest, Resources, SecretRef
 from . import commands, engine, step_tasks
-from .cluster_task import ATTEMPT, one_line
+from .cluster_task import ATTEMPT, flush_logs, one_line, run_step
 from .datastore import Datastore
 
 # Dask resource names for @resources. A worker advertises what it has with
@@ -168,8 +168,6 @@ class ClusterSteps:
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        from .cluster_task import flush_logs
-
         with contextlib.suppress(Exception):
             # Every worker's step logs are in Metaflow's datastore before the run ends.
             self.task_runner.client.run(flush_logs, wait=True)
@@ -187,34 +185,16 @@ class ClusterSteps:
     ) -> dict[str, Any]:
         """Everything the worker needs for one task, as plain data (no secret values)."""
         ctx = runner.ctx
-        if step == "_parameters":
-            argv = commands.init_command(ctx, task_id, runner.parameters)
-            spec: StepSpec | None = None
-            max_attempt = None
-        else:
-            origin = runner.origin_run_id
-            argv = commands.step_command(
-                ctx,
-                step,
-                task_id,
-                inputs,
-                split_index=split_index,
-                retry_count=0,
-                clone_only=f"{origin}/{step}/{clone_of}" if clone_of else None,
-                clone_run_id=origin,
-            )
-            argv[argv.index("--retry-count") + 1] = ATTEMPT
-            spec = self.manifest.steps[step]
-            _, max_attempt = commands.max_retries(self.manifest, step)
+        argv = runner.task_command(step, task_id, inputs, split_index, clone_of, ATTEMPT)
+        spec = self.manifest.steps.get(step)  # None for `_parameters`
+        max_attempt = commands.max_retries(self.manifest, step)[1] if spec else None
         plain, refs = commands.remote_environment(ctx, step if spec else None)
         plain.update(code_variables(self.code))
         store = self.datastore
         inspect = None
         if spec is not None:
             inspect = {
-                "read": {"foreach": ["_foreach_num_splits"], "switch": ["_transition"]}.get(
-                    spec.kind, []
-                ),
+                "read": step_tasks.WALK_READS.get(spec.kind, []),
                 "names": step not in self.reported_steps,
             }
         return {
@@ -247,8 +227,6 @@ class ClusterSteps:
     ) -> engine.TaskResult:
         import dask
         from prefect import task
-
-        from .cluster_task import run_step
 
         request = self.request(runner, step, task_id, inputs, split_index, clone_of)
         options = step_tasks.task_options(self.manifest, step, indices, clone_of)

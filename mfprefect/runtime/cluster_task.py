@@ -25,7 +25,7 @@ from typing import Any
 
 from . import engine, fetch, step_tasks
 from .datastore import Datastore, TaskRecord
-from .zygote import ForkedProcess, Zygote, startup_variables
+from .zygote import ForkedProcess, Zygote, forking_enabled, startup_variables
 
 # Stands for the attempt number in a request's argv; the worker knows the number, not the sender.
 ATTEMPT = "{attempt}"
@@ -70,7 +70,6 @@ def code_folder(code: Mapping[str, str]) -> str:
 _ZYGOTES: dict[tuple[str, str], Zygote] = {}
 _ZYGOTES_LOCK = threading.Lock()
 _MAX_ZYGOTES = 4
-FORK_ENV = "MFPREFECT_FORK_STEPS"
 
 
 def _zygote_for(folder: str, env: Mapping[str, str]) -> Zygote | None:
@@ -79,7 +78,7 @@ def _zygote_for(folder: str, env: Mapping[str, str]) -> Zygote | None:
     Made in the calling thread, which must be the worker's own: the launcher dies with the
     thread that started it (PR_SET_PDEATHSIG), and Dask's task threads live as long as the
     worker."""
-    if os.environ.get(FORK_ENV, "1") == "0" or not hasattr(os, "fork"):
+    if not forking_enabled():
         return None
     key = (folder, json.dumps(sorted(startup_variables(env).items())))
     with _ZYGOTES_LOCK:
@@ -302,9 +301,6 @@ async def _run_step(request: dict[str, Any]) -> dict[str, Any]:
     args = [sys.executable, os.path.join(folder, request["flow_file"])]
     args += [str(attempt) if arg == ATTEMPT else arg for arg in request["argv"]]
 
-    def on_line(stream: str, line: str) -> None:
-        (logger.warning if stream == "stderr" else logger.info)(line)
-
     store = Datastore(**request["datastore"])
     inspect = request["inspect"]
     report = None
@@ -332,7 +328,12 @@ async def _run_step(request: dict[str, Any]) -> dict[str, Any]:
 
     work = asyncio.ensure_future(
         engine.run_process(
-            args, env, on_line, timeout=request["timeout"], secrets=masked, launch=launch
+            args,
+            env,
+            step_tasks.log_to(logger),
+            timeout=request["timeout"],
+            secrets=masked,
+            launch=launch,
         )
     )
     watcher = asyncio.ensure_future(_while_wanted(worker, key, work))

@@ -182,7 +182,7 @@ def step_command(
     input_paths: list[str],
     *,
     split_index: int | None = None,
-    retry_count: int = 0,
+    retry_count: int | str = 0,
     clone_only: str | None = None,
     clone_run_id: str | None = None,
 ) -> list[str]:

@@ -141,6 +141,31 @@ class Runner:
             self._fresh.add(result.pathspec)
         return result
 
+    def task_command(
+        self,
+        step: str,
+        task_id: str,
+        inputs: list[str],
+        split_index: int | None,
+        clone_of: str | None,
+        retry_count: int | str,
+    ) -> list[str]:
+        """The Metaflow command of one task: `init` for `_parameters`, else `step` (a clone of
+        the origin run's task `clone_of` on resume)."""
+        if step == "_parameters":
+            return commands.init_command(self.ctx, task_id, self.parameters)
+        origin = self.origin_run_id
+        return commands.step_command(
+            self.ctx,
+            step,
+            task_id,
+            inputs,
+            split_index=split_index,
+            retry_count=retry_count,
+            clone_only=f"{origin}/{step}/{clone_of}" if clone_of else None,
+            clone_run_id=origin,
+        )
+
     async def run(self) -> None:
         params = await self.run_task(self, "_parameters", "t0", [], None, (), None)
         await self.segment(self.manifest.start_step, [params.pathspec], None, None, ())

@@ -21,7 +21,7 @@ from ..manifest import Manifest
 from . import cluster, commands, engine, step_tasks
 from .datastore import Datastore, TaskRecord
 from .engine import RunSummary
-from .zygote import ForkedProcess, Zygote
+from .zygote import ForkedProcess, Zygote, forking_enabled
 
 
 class PrefectSteps:
@@ -76,30 +76,13 @@ class PrefectSteps:
         ctx = runner.ctx
         pathspec = f"{ctx.run_id}/{step}/{task_id}"
         logger = get_run_logger()
-        if step == "_parameters":
-            args = commands.init_command(ctx, task_id, runner.parameters)
-            env = commands.environment(ctx, None, self.secrets.get)
-        else:
-            origin = runner.origin_run_id
-            args = commands.step_command(
-                ctx,
-                step,
-                task_id,
-                inputs,
-                split_index=split_index,
-                retry_count=attempt,
-                clone_only=f"{origin}/{step}/{clone_of}" if clone_of else None,
-                clone_run_id=origin,
-            )
-            env = commands.environment(ctx, step, self.secrets.get)
+        args = runner.task_command(step, task_id, inputs, split_index, clone_of, attempt)
+        env = commands.environment(ctx, None if step == "_parameters" else step, self.secrets.get)
         if self.masked is None:
             self.masked = list(self.secrets.values()) + commands.run_secret_values(
                 ctx, self.secrets.get
             )
         masked = self.masked
-
-        def on_line(stream: str, line: str) -> None:
-            (logger.warning if stream == "stderr" else logger.info)(line)
 
         inspect: dict[str, Any] | None = None
         if step != "_parameters":
@@ -111,9 +94,7 @@ class PrefectSteps:
                 "root": store.root,
                 "pathspec": pathspec,
                 "attempt": attempt,
-                "read": {"foreach": ["_foreach_num_splits"], "switch": ["_transition"]}.get(
-                    kind, []
-                ),
+                "read": step_tasks.WALK_READS.get(kind, []),
                 "names": step not in self.reported_steps,
             }
         launched: list[engine.StepProcess] = []
@@ -127,7 +108,7 @@ class PrefectSteps:
             outcome = await engine.run_process(
                 args,
                 env,
-                on_line,
+                step_tasks.log_to(logger),
                 timeout=engine.hard_timeout(self.manifest.steps.get(step)),
                 secrets=masked,
                 launch=launch,
@@ -366,12 +347,9 @@ async def _registered(
     return dataclasses.replace(ctx, run_id=recorded)
 
 
-FORK_ENV = "MFPREFECT_FORK_STEPS"
-
-
 def _start_zygote(manifest: Manifest, env: Mapping[str, str]) -> Zygote | None:
     """The run's step launcher, unless MFPREFECT_FORK_STEPS=0 asks for fresh processes."""
-    if os.environ.get(FORK_ENV, "1") == "0" or not hasattr(os, "fork"):
+    if not forking_enabled():
         return None
     try:
         return Zygote(env, os.getcwd(), str(manifest.flow_path().parent))

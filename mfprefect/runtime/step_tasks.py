@@ -12,6 +12,18 @@ from ..manifest import Manifest
 from . import commands, engine
 from .datastore import TaskRecord
 
+# What the walk reads from a finished task of each kind of step.
+WALK_READS = {"foreach": ["_foreach_num_splits"], "switch": ["_transition"]}
+
+
+def log_to(logger: Any) -> Any:
+    """A step-output callback for `engine.run_process` that writes to a Prefect run logger."""
+
+    def on_line(stream: str, line: str) -> None:
+        (logger.warning if stream == "stderr" else logger.info)(line)
+
+    return on_line
+
 
 def retry_allowed(_task: Any, _task_run: Any, state: Any) -> bool:
     exc = getattr(state, "data", None)

@@ -42,6 +42,14 @@ _MAX_REQUEST = 8 * 1024 * 1024
 _PR_SET_PDEATHSIG = 1
 
 
+# MFPREFECT_FORK_STEPS=0 starts every step as a fresh interpreter instead.
+FORK_ENV = "MFPREFECT_FORK_STEPS"
+
+
+def forking_enabled() -> bool:
+    return os.environ.get(FORK_ENV, "1") != "0" and hasattr(os, "fork")
+
+
 def startup_variables(env: Mapping[str, str]) -> dict[str, str]:
     """The variables of `env` that Python or Metaflow read at import time."""
     return {
