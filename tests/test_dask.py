@@ -9,6 +9,7 @@ sends them with each task."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -282,27 +283,46 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def test_cancelling_the_flow_run_stops_the_steps_on_every_worker(stack: dict[str, Any]) -> None:
-    env = dict(stack["env"])
-    folder = stack["base"] / "cancelled"
-    manifest = _export(folder, env)
-    homes = [stack["base"] / "cluster" / name / "home" for name in ("plain", "gpu")]
-    for home in homes:
-        for old in home.glob("started-*"):
-            old.unlink()
-    address = stack["cluster"]["address"]
+@contextlib.contextmanager
+def _run_until(
+    folder: Path, manifest: Path, address: str, env: dict[str, str], params: list[str], started: Any
+) -> Iterator[subprocess.Popen[bytes]]:
+    """`mfprefect run` in the background (output in folder/run.log), yielded once `started()`
+    holds; killed on the way out if it is still running."""
     command = [sys.executable, "-m", "mfprefect.cli", "run", str(manifest), "--address", address]
-    command += ["--param", "items=4", "--param", "pause=300"]
+    for param in params:
+        command += ["--param", param]
     with open(folder / "run.log", "wb") as log:
         running = subprocess.Popen(
             command, env=env, cwd=folder, stdout=log, stderr=subprocess.STDOUT
         )
     try:
         deadline = time.monotonic() + 180
-        while not all(list(home.glob("started-*")) for home in homes):
+        while not started():
             assert running.poll() is None, (folder / "run.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "the items did not start on both workers"
+            assert time.monotonic() < deadline, "the items never started"
             time.sleep(0.2)
+        yield running
+    finally:
+        if running.poll() is None:
+            running.kill()
+
+
+def _clear_markers(*homes: Path) -> None:
+    for home in homes:
+        for old in home.glob("started-*"):
+            old.unlink()
+
+
+def test_cancelling_the_flow_run_stops_the_steps_on_every_worker(stack: dict[str, Any]) -> None:
+    env = dict(stack["env"])
+    folder = stack["base"] / "cancelled"
+    manifest = _export(folder, env)
+    homes = [stack["base"] / "cluster" / name / "home" for name in ("plain", "gpu")]
+    _clear_markers(*homes)
+    params = ["items=4", "pause=300"]
+    on_both = lambda: all(list(home.glob("started-*")) for home in homes)  # noqa: E731
+    with _run_until(folder, manifest, stack["cluster"]["address"], env, params, on_both) as running:
         steps = [int(p.read_text() or 0) for home in homes for p in home.glob("started-*")]
         assert steps and all(_alive(pid) for pid in steps)
         output = (folder / "run.log").read_text()
@@ -314,9 +334,6 @@ def test_cancelling_the_flow_run_stops_the_steps_on_every_worker(stack: dict[str
             {"state": {"type": "CANCELLING"}, "force": True},
         )
         assert running.wait(timeout=120) == 3
-    finally:
-        if running.poll() is None:
-            running.kill()
     deadline = time.monotonic() + 15
     while any(_alive(pid) for pid in steps) and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -336,31 +353,17 @@ def test_a_lost_scheduler_fails_the_run_and_resume_runs_only_the_rest(
     workers = {"lonely": _worker_env(env, "lonely")}
     with dask_cluster(stack["base"] / "doomed", workers, {"lonely": "GPU=1"}) as doomed:
         home = stack["base"] / "doomed" / "lonely" / "home"
-        command = [sys.executable, "-m", "mfprefect.cli", "run", str(manifest)]
-        command += ["--address", doomed["address"], "--param", "items=4", "--param", "pause=3"]
-        with open(folder / "run.log", "wb") as log:
-            running = subprocess.Popen(
-                command, env=env, cwd=folder, stdout=log, stderr=subprocess.STDOUT
-            )
-        try:
-            deadline = time.monotonic() + 180
-            while len(list(home.glob("started-*"))) < 3:
-                assert running.poll() is None, (folder / "run.log").read_text()[-3000:]
-                assert time.monotonic() < deadline, "the items did not start"
-                time.sleep(0.2)
+        two_done = lambda: len(list(home.glob("started-*"))) >= 3  # noqa: E731
+        params = ["items=4", "pause=3"]
+        with _run_until(folder, manifest, doomed["address"], env, params, two_done) as running:
             os.killpg(doomed["scheduler"].pid, signal.SIGKILL)
             assert running.wait(timeout=120) == 3
-        finally:
-            if running.poll() is None:
-                running.kill()
     output = (folder / "run.log").read_text()
     errors = [line for line in output.splitlines() if line.startswith("mfprefect: error:")]
     assert len(errors) == 1 and "did not finish on the Dask cluster at" in errors[0], output[-3000:]
     first = _run_id(output)
     homes = [stack["base"] / "cluster" / name / "home" for name in ("plain", "gpu")]
-    for home in homes:
-        for old in home.glob("started-*"):
-            old.unlink()
+    _clear_markers(*homes)
     resumed = mfprefect(
         "resume",
         str(manifest),
@@ -393,27 +396,15 @@ def test_a_worker_killed_mid_foreach_costs_only_a_retry(stack: dict[str, Any]) -
     folder = stack["base"] / "killed"
     manifest = _export(folder, env)
     plain_home = stack["base"] / "cluster" / "plain" / "home"
-    for old in plain_home.glob("started-*"):
-        old.unlink()
-    address = stack["cluster"]["address"]
-    command = [sys.executable, "-m", "mfprefect.cli", "run", str(manifest), "--address", address]
-    command += ["--param", "items=6", "--param", "pause=4"]
-    with open(folder / "run.log", "wb") as log:
-        running = subprocess.Popen(
-            command, env=env, cwd=folder, stdout=log, stderr=subprocess.STDOUT
-        )
-    try:
-        deadline = time.monotonic() + 180
-        while not list(plain_home.glob("started-*-0")):
-            assert running.poll() is None, (folder / "run.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "no item started on the worker to be killed"
-            time.sleep(0.2)
+    _clear_markers(plain_home)
+    on_plain = lambda: list(plain_home.glob("started-*-0"))  # noqa: E731
+    params = ["items=6", "pause=4"]
+    with _run_until(
+        folder, manifest, stack["cluster"]["address"], env, params, on_plain
+    ) as running:
         lost = sorted(int(p.name.split("-")[1]) for p in plain_home.glob("started-*-0"))
         os.killpg(stack["cluster"]["workers"]["plain"].pid, signal.SIGKILL)
         assert running.wait(timeout=300) == 0, (folder / "run.log").read_text()[-3000:]
-    finally:
-        if running.poll() is None:
-            running.kill()
     output = (folder / "run.log").read_text()
     found = _read(env, _run_id(output), folder)
     assert found["ok"] and found["seen"] == list(range(6))
