@@ -628,9 +628,9 @@ def bench_dask(repeat: int, work: Path) -> list[Row]:
     env["PREFECT_API_URL"] = local_server.ensure_server()
     address, procs = _dask_cluster(work, env, workers=2)
     try:
-        flow = work / "foreach_sleep.py"
-        shutil.copy(FLOWS / "foreach_sleep.py", flow)
-        manifest = work / "foreach-sleep.yaml"
+        flow = work / "foreach_n.py"
+        shutil.copy(FLOWS / "foreach_n.py", flow)
+        manifest = work / "foreach-n.yaml"
         subprocess.run(
             [sys.executable, "-m", "mfprefect.cli", "export", str(flow), "-o", str(manifest)]
             + ["--datastore", "s3", "--datastore-root", "s3://bench/metaflow"],
@@ -643,6 +643,7 @@ def bench_dask(repeat: int, work: Path) -> list[Row]:
         manifest.write_text(text.replace("  parallelism: 16\n", "  parallelism: 4\n", 1))
         items = int(os.environ.get("BENCH_DASK_ITEMS", "200"))
         run = [sys.executable, "-m", "mfprefect.cli", "run", str(manifest), "--param", f"n={items}"]
+        run += ["--param", "pause=0.5"]
         steps = items + 3
         peaks: dict[str, float] = {"scheduler": 0.0, "worker": 0.0, "worker tree": 0.0}
 

@@ -1,10 +1,13 @@
+import time
+
 from metaflow import FlowSpec, Parameter, step
 
 
 class ForeachNFlow(FlowSpec):
-    """A foreach over n trivial items."""
+    """A foreach over n trivial items, each sleeping `pause` seconds (none by default)."""
 
     n = Parameter("n", type=int, default=20)
+    pause = Parameter("pause", type=float, default=0.0)
 
     @step
     def start(self):
@@ -13,6 +16,7 @@ class ForeachNFlow(FlowSpec):
 
     @step
     def body(self):
+        time.sleep(self.pause)
         self.value = self.input * 2
         self.next(self.join)
 
