@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from .cli_options import executor_options
+from .cli_options import executor_options, step_to_rerun_option
 from .errors import MfprefectError, UsageError
 
 MANIFEST_SUFFIXES = (".yaml", ".yml")
@@ -208,11 +208,13 @@ def run_command(
     help="The Metaflow run id to resume (its successful tasks are reused).",
 )
 @click.option("--tag", "tags", multiple=True, help="A Metaflow tag for the new run (repeatable).")
+@step_to_rerun_option(click)
 @executor_options(click)
 def resume_command(
     manifest: str,
     clone_run_id: str,
     tags: tuple[str, ...],
+    step_to_rerun: str | None,
     executor: str | None,
     address: str | None,
 ) -> None:
@@ -222,7 +224,13 @@ def resume_command(
     loaded = load_for_run(manifest, executor, address)
     echo = lambda line: click.echo(line, err=True)  # noqa: E731
     summary = run_locally(
-        loaded, {}, echo=echo, tags=tags, clone_run_id=clone_run_id, error_prefix=ERROR_PREFIX
+        loaded,
+        {},
+        echo=echo,
+        tags=tags,
+        clone_run_id=clone_run_id,
+        step_to_rerun=step_to_rerun,
+        error_prefix=ERROR_PREFIX,
     )
     click.echo(f"mfprefect: run {summary.pathspec} completed", err=True)
 
@@ -387,19 +395,76 @@ def delete_command(paths: tuple[str, ...]) -> None:
 @click.option(
     "--param", "params", multiple=True, metavar="NAME=VALUE", help="A parameter value (repeatable)."
 )
-def trigger_command(pipeline: str, deployment_name: str | None, params: tuple[str, ...]) -> None:
-    """Start a run of a deployed pipeline; print the Prefect flow run id."""
-    from .deploy import apply as applier
+@click.option(
+    "--resume",
+    "origin_run_id",
+    default=None,
+    metavar="RUN_ID",
+    help="Resume this Metaflow run on the workers: reuse what succeeded, run the rest.",
+)
+@step_to_rerun_option(click)
+def trigger_command(
+    pipeline: str,
+    deployment_name: str | None,
+    params: tuple[str, ...],
+    origin_run_id: str | None,
+    step_to_rerun: str | None,
+) -> None:
+    """Start a run of a deployed pipeline (or resume one); print the Prefect flow run id."""
+    from .deploy import trigger
+    from .runtime.commands import parse_pairs
 
     _server_url()
     target = pipeline if "/" in pipeline else f"{pipeline}/{deployment_name or pipeline}"
-    pairs = []
-    for item in params:
-        name, sep, value = item.partition("=")
-        if not sep:
-            raise UsageError(f"--param {item!r} is not NAME=VALUE")
-        pairs.append((name, value))
-    click.echo(applier.trigger_with_strings(target, pairs))
+    pairs = parse_pairs(params, "--param")
+    if origin_run_id:
+        click.echo(trigger.resume(target, origin_run_id, step_to_rerun, pairs))
+    elif step_to_rerun:
+        raise UsageError("--step is for --resume", hint="name the run to resume: --resume RUN_ID")
+    else:
+        click.echo(trigger.trigger_with_strings(target, pairs))
+
+
+@cli.command(name="card")
+@click.argument("pathspec")
+@click.argument("step", required=False)
+@click.option("--id", "card_id", default=None, help="Only the cards with this @card id.")
+@click.option(
+    "-o",
+    "--output",
+    default=None,
+    help="A folder to write the cards to (FILE.html for one card, '-' for stdout); "
+    "without it they are written to a temporary folder and opened in the browser.",
+)
+def card_command(pathspec: str, step: str | None, card_id: str | None, output: str | None) -> None:
+    """Write or open the Metaflow cards of a run, a step or a task (Flow/run [STEP])."""
+    from . import cards
+
+    found = cards.pages(cards.find(pathspec, step, card_id))
+    if output == "-" or (output and output.endswith(".html")):
+        if len(found) != 1:
+            raise UsageError(
+                f"{pathspec} has {len(found) - 1} cards; {output} takes one",
+                hint="give a folder to --output, or narrow with STEP, a task pathspec or --id",
+            )
+        if output == "-":
+            click.echo(found[0][1], nl=False)
+        else:
+            write_text(output, found[0][1])
+            click.echo(output)
+        return
+    opening = output is None
+    if output is None:
+        import tempfile
+
+        output = tempfile.mkdtemp(prefix="mfprefect-cards-")
+    for name, text in found:
+        write_text(os.path.join(output, name), text)
+    click.echo("\n".join(str(Path(output, name)) for name, _ in found))
+    if opening:
+        import webbrowser
+
+        webbrowser.open(Path(output, found[0][0]).resolve().as_uri())
 
 
 def metaflow_top_level_args(given: dict[str, Any]) -> list[str]:

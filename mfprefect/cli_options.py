@@ -29,6 +29,17 @@ def executor_options(click: Any) -> Callable[[Any], Any]:
     return decorate
 
 
+def step_to_rerun_option(click: Any) -> Callable[[Any], Any]:
+    """`--step`: re-run this step and everything after it, even where the origin succeeded."""
+    return click.option(  # type: ignore[no-any-return]
+        "--step",
+        "step_to_rerun",
+        default=None,
+        metavar="STEP",
+        help="Re-run this step and every step after it (Metaflow's resume STEP).",
+    )
+
+
 def chosen_executor(manifest: Manifest, executor: str | None, address: str | None) -> Manifest:
     """The manifest with the executor the command line chose (unchanged if it chose none)."""
     if address and executor is None:

@@ -32,6 +32,14 @@ class PrefectDeployer(DeployerImpl):
 
         return PrefectDeployedFlow
 
+    def from_deployment(self, identifier: str, metadata: str | None = None) -> PrefectDeployedFlow:
+        """The deployed flow `identifier` names: `Flow/deployment`, or a pipeline name (`Flow`,
+        `project.branch.Flow`), found on this deployer's Prefect server (its `env` may name one
+        with PREFECT_API_URL)."""
+        from .deployer_objects import PrefectDeployedFlow, recover
+
+        return recover(PrefectDeployedFlow, identifier, metadata, dict(self.env_vars))
+
     def create(self, **kwargs: Any) -> PrefectDeployedFlow:
         """Export and apply: `name` (default: the pipeline name), `work_pool`, `work_queue`, `tags`, ..."""
         from .deployer_objects import PrefectDeployedFlow

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import atexit
 import json
+import os
+import shutil
 import sys
 import tempfile
 from typing import Any, ClassVar
 
+from metaflow.exception import MetaflowException
 from metaflow.runner.deployer import DeployedFlow, TriggeredRun
 from metaflow.runner.utils import get_lower_level_group, handle_timeout, temporary_fifo
 
@@ -64,6 +68,22 @@ class PrefectDeployedFlow(DeployedFlow):
 
     def trigger(self, **kwargs: Any) -> PrefectTriggeredRun:
         """Start a run; flow parameters are keyword arguments."""
+        return self._start(kwargs)
+
+    def resume(
+        self, origin_run_id: str, step_to_rerun: str | None = None, **params: Any
+    ) -> PrefectTriggeredRun:
+        """Resume run `origin_run_id` on the deployment's workers: a new run that clones every
+        task that succeeded there and runs the rest (`step_to_rerun` and everything after it
+        run again in any case). It keeps the origin's parameter values; `params` change some,
+        which re-runs from `start` (steps read parameters through their inputs)."""
+        # The trigger command's `--resume` and `--step`, by their parameter names.
+        options: dict[str, Any] = {"origin_run_id": origin_run_id}
+        if step_to_rerun:
+            options["step_to_rerun"] = step_to_rerun
+        return self._start({**params, **options})
+
+    def _start(self, kwargs: dict[str, Any]) -> PrefectTriggeredRun:
         if self.deployer.name and "/" in self.deployer.name:
             kwargs.setdefault("name", self.deployer.name.split("/", 1)[1])
         with temporary_fifo() as (attribute_file_path, attribute_file_fd):
@@ -80,58 +100,134 @@ class PrefectDeployedFlow(DeployedFlow):
                 show_output=self.deployer.show_output,
             )
             command_obj = self.deployer.spm.get(pid)
-            content = handle_timeout(
-                attribute_file_fd, command_obj, self.deployer.file_read_timeout
-            )
+            try:
+                content = handle_timeout(
+                    attribute_file_fd, command_obj, self.deployer.file_read_timeout
+                )
+            except RuntimeError:
+                content = None
             command_obj.sync_wait()
-            if command_obj.process.returncode == 0:
+            if content is not None and command_obj.process.returncode == 0:
                 return PrefectTriggeredRun(deployer=self.deployer, content=content)
-        raise RuntimeError(
-            f"Error triggering {self.deployer.name} on Prefect for {self.deployer.flow_file}"
+        raise PrefectDeployerError(
+            _said(command_obj)
+            or f"cannot trigger {self.deployer.name} on Prefect for {self.deployer.flow_file}"
         )
 
     @classmethod
     def from_deployment(cls, identifier: str, metadata: str | None = None) -> PrefectDeployedFlow:
-        """Recover a deployed flow from `Flow/deployment`, or from a pipeline name such as
-        `project.branch.Flow` (whose deployment has the same name)."""
-        import asyncio
+        """Recover a deployed flow from `Flow/deployment`, from a pipeline name (`Flow`, or
+        `project.branch.Flow` under @project), whose deployment has the same name or is its
+        only one."""
+        return recover(cls, identifier, metadata)
 
-        from metaflow import Deployer, get_metadata
 
-        from .deploy.desired import MANIFEST_ENV, decode_manifest
+class PrefectDeployerError(MetaflowException):
+    """A deployed flow that cannot be found or triggered; the message is one line."""
 
-        key = identifier if "/" in identifier else f"{identifier}/{identifier}"
+    headline = "Prefect deployment"
 
-        async def read() -> Any:
-            from prefect.client.orchestration import get_client
 
-            async with get_client() as client:
-                return await client.read_deployment_by_name(key)
+def _said(command_obj: Any) -> str | None:
+    """The one-line error the command printed (`mfprefect: ...`), if it printed one."""
+    try:
+        with open(command_obj.log_files["stderr"], encoding="utf-8") as handle:
+            lines = handle.read().splitlines()
+    except (OSError, KeyError):
+        return None
+    said = [line[len("mfprefect: ") :] for line in lines if line.startswith("mfprefect: ")]
+    return said[-1] if said else None
 
-        try:
-            deployment = asyncio.run(read())
-        except Exception as exc:
-            raise RuntimeError(f"no Prefect deployment {key}: {exc}") from None
-        manifest = decode_manifest(deployment.job_variables["env"][MANIFEST_ENV])
-        project = manifest["flow"]["project"]
-        top_level: dict[str, Any] = {}
-        if project and project["branch"]:
-            branch = project["branch"]
-            if branch == "prod" or branch.startswith("prod."):
-                top_level["production"] = True
-                branch = branch[len("prod.") :] if branch.startswith("prod.") else None
-            elif branch.startswith("test."):
-                branch = branch[len("test.") :]
-            if branch:
-                top_level["branch"] = branch
-        source = stand_in_flow(manifest)
-        with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as handle:
-            handle.write(source)
-        deployer = Deployer(handle.name, **top_level).prefect()
-        deployer.name = key
-        deployer.flow_name = manifest["flow"]["class"]
-        deployer.metadata = metadata if metadata is not None else get_metadata()
-        return cls(deployer=deployer)
+
+def recover(
+    cls: type[PrefectDeployedFlow],
+    identifier: str,
+    metadata: str | None = None,
+    env: dict[str, str] | None = None,
+) -> PrefectDeployedFlow:
+    """The deployed flow `identifier` names (see `PrefectDeployedFlow.from_deployment`), its
+    deployer built from the deployment's own manifest and talking to the server in `env`."""
+    from metaflow import Deployer, get_metadata
+
+    from .deploy.desired import MANIFEST_ENV, decode_manifest
+
+    deployment, flow_name = _find_deployment(identifier, (env or os.environ).get("PREFECT_API_URL"))
+    manifest = decode_manifest(deployment.job_variables["env"][MANIFEST_ENV])
+    project = manifest["flow"]["project"]
+    top_level: dict[str, Any] = {}
+    if project and project["branch"]:
+        branch = project["branch"]
+        if branch == "prod" or branch.startswith("prod."):
+            top_level["production"] = True
+            branch = branch[len("prod.") :] if branch.startswith("prod.") else None
+        elif branch.startswith("test."):
+            branch = branch[len("test.") :]
+        if branch:
+            top_level["branch"] = branch
+    folder = tempfile.mkdtemp(prefix="mfprefect-deployed-")
+    flow_file = os.path.join(folder, "deployed_flow.py")
+    with open(flow_file, "w", encoding="utf-8") as handle:
+        handle.write(stand_in_flow(manifest))
+    # The stand-in flow is this process's to remove, once it is done with the deployed flow.
+    atexit.register(shutil.rmtree, folder, True)
+    deployer = Deployer(flow_file, env=env, **top_level).prefect()
+    deployer.name = f"{flow_name}/{deployment.name}"
+    deployer.flow_name = manifest["flow"]["class"]
+    deployer.metadata = metadata if metadata is not None else get_metadata()
+    return cls(deployer=deployer)
+
+
+def _find_deployment(identifier: str, api_url: str | None) -> tuple[Any, str]:
+    """The deployment `Flow/name` (and its flow's name), or for a plain or dotted pipeline name the one named after
+    it, else the flow's only mfprefect deployment. PrefectDeployerError when there is none."""
+    import asyncio
+
+    async def read() -> Any:
+        from prefect.client.orchestration import PrefectClient, get_client
+        from prefect.client.schemas.filters import (
+            DeploymentFilter,
+            DeploymentFilterTags,
+            FlowFilter,
+            FlowFilterName,
+        )
+        from prefect.exceptions import ObjectNotFound
+
+        from .deploy.desired import OWNER_TAG
+
+        client = PrefectClient(api_url) if api_url else get_client()
+        async with client:
+            key = identifier if "/" in identifier else f"{identifier}/{identifier}"
+            try:
+                found = await client.read_deployment_by_name(key)
+            except ObjectNotFound:
+                found = None
+            if found is not None or "/" in identifier:
+                return found, key, []
+            owned = await client.read_deployments(
+                flow_filter=FlowFilter(name=FlowFilterName(any_=[identifier])),
+                deployment_filter=DeploymentFilter(tags=DeploymentFilterTags(all_=[OWNER_TAG])),
+            )
+            return (owned[0] if len(owned) == 1 else None), key, owned
+
+    try:
+        found, key, owned = asyncio.run(read())
+    except Exception as exc:  # noqa: BLE001 - said as one line
+        raise PrefectDeployerError(
+            f"cannot read deployment {identifier} from Prefect "
+            f"({api_url or 'PREFECT_API_URL'}): {type(exc).__name__}: "
+            + " ".join(str(exc).split())[:200]
+        ) from None
+    if found is None:
+        if owned:
+            names = ", ".join(sorted(f"{identifier}/{d.name}" for d in owned))
+            raise PrefectDeployerError(
+                f"{identifier} has several deployments ({names}); name one as Flow/deployment"
+            )
+        raise PrefectDeployerError(
+            f"no Prefect deployment {key}: give Flow/deployment, or the pipeline name "
+            "(project.branch.Flow under @project) of a flow applied with mfprefect"
+        )
+    return found, key.split("/", 1)[0]
 
 
 def stand_in_flow(manifest: dict[str, Any]) -> str:

@@ -19,6 +19,9 @@ from .errors import ManifestError, UsageError
 from .manifest import API_VERSION, KIND, file_sha256
 
 # Decorators that move a step somewhere mfprefect cannot launch it, with the reason we print.
+LOCK_WITH_UV = (
+    "lock the flow's packages with uv (pyproject.toml and uv.lock) and run with --environment=uv"
+)
 UNSUPPORTED_STEP_DECORATORS = {
     "parallel": "@parallel needs gang-scheduled workers (num_parallel), which mfprefect does not run",
     "pytorch_parallel": "@pytorch_parallel needs gang-scheduled workers, which mfprefect does not run",
@@ -29,9 +32,13 @@ UNSUPPORTED_STEP_DECORATORS = {
     "nvidia": "@nvidia runs the step on NVIDIA cloud, which mfprefect cannot launch",
     "nvct": "@nvct runs the step on NVIDIA cloud, which mfprefect cannot launch",
     "skypilot_step": "@skypilot_step runs the step through SkyPilot, which mfprefect cannot launch",
+    "conda": f"@conda environments are not built by mfprefect; {LOCK_WITH_UV}",
+    "pypi": f"@pypi environments are not built by mfprefect; {LOCK_WITH_UV}",
 }
 UNSUPPORTED_FLOW_DECORATORS = {
     "exit_hook": "@exit_hook is not supported yet; run the hook as the last step instead",
+    "conda_base": f"@conda_base environments are not built by mfprefect; {LOCK_WITH_UV}",
+    "pypi_base": f"@pypi_base environments are not built by mfprefect; {LOCK_WITH_UV}",
 }
 DEFAULT_PARALLELISM = 16
 # Names that usually hold credentials: if such a variable's value is the exporter's own environment
@@ -75,7 +82,7 @@ def build(obj: Any, manifest_path: str | None, options: ExportOptions) -> dict[s
     relative to it, so the manifest and the flow can move together.
     """
     flow, graph = obj.flow, obj.graph
-    problems = unsupported(flow, graph)
+    problems = unsupported(flow, graph, obj.environment.TYPE)
     if problems:
         raise ManifestError(
             f"{graph.name} uses what mfprefect cannot run",
@@ -124,9 +131,14 @@ def build(obj: Any, manifest_path: str | None, options: ExportOptions) -> dict[s
     }
 
 
-def unsupported(flow: Any, graph: Any) -> list[str]:
-    """One line per step or flow decorator that mfprefect cannot run."""
+def unsupported(flow: Any, graph: Any, environment: str | None = None) -> list[str]:
+    """One line per step or flow decorator (or environment) that mfprefect cannot run."""
     lines = []
+    if environment in ("conda", "pypi"):
+        lines.append(
+            f"flow `{graph.name}`: --environment={environment} is not built by mfprefect; "
+            + LOCK_WITH_UV
+        )
     for node in graph.sorted_nodes:
         step = graph[node]
         for deco in step.decorators:

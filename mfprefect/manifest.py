@@ -700,6 +700,7 @@ def _rule_diagnostics(doc: yamlsafe.Document) -> list[Diagnostic]:
     out += _tag_rules(doc, _mapping(data, "deployment").get("tags"))
     out += _job_variable_rules(doc, _mapping(data, "deployment").get("job_variables"))
     out += _runtime_rules(doc, _mapping(data, "runtime"))
+    out += _environment_rules(doc, _mapping(data, "runtime"))
     out += _executor_rules(doc, _mapping(data, "deployment"), _mapping(data, "runtime"))
     return out
 
@@ -721,6 +722,15 @@ def _executor_rules(
                 "executor.code",
                 f"the dask executor starts each step from the run's code package, not from "
                 f"`{kind}`; use `kind: package` (or remove deployment.code)",
+            )
+        )
+    if runtime.get("environment") == "uv":
+        out.append(
+            doc.diagnostic(
+                ("runtime", "environment"),
+                "executor.environment",
+                "the dask executor does not build locked environments (uv) on its workers yet; "
+                "use the local executor, or install the flow's packages on the Dask workers",
             )
         )
     if runtime.get("datastore") not in REMOTE_DATASTORES:
@@ -772,6 +782,20 @@ def _job_variable_rules(doc: yamlsafe.Document, job_variables: Any) -> list[Diag
                 )
             )
     return out
+
+
+def _environment_rules(doc: yamlsafe.Document, runtime: dict[str, Any]) -> list[Diagnostic]:
+    kind = runtime.get("environment")
+    if kind not in ("conda", "pypi"):
+        return []
+    return [
+        doc.diagnostic(
+            ("runtime", "environment"),
+            "runtime.environment",
+            f"`{kind}` environments are not built by mfprefect; lock the flow's packages with uv "
+            "(pyproject.toml and uv.lock) and use `uv`",
+        )
+    ]
 
 
 def runtime_warnings(data: dict[str, Any]) -> list[str]:
@@ -1102,6 +1126,10 @@ def _below_switch(
     return reached
 
 
+# The deployed flow's own parameter (runtime.resume.RESUME_PARAMETER): no pipeline may have it.
+RESERVED_PARAMETER = "mfprefect_resume"
+
+
 def _parameter_rules(doc: yamlsafe.Document, parameters: dict[str, Any]) -> list[Diagnostic]:
     out: list[Diagnostic] = []
     lowered: dict[str, str] = {}
@@ -1119,6 +1147,16 @@ def _parameter_rules(doc: yamlsafe.Document, parameters: dict[str, Any]) -> list
                 )
             )
         lowered.setdefault(key, name)
+        if key == RESERVED_PARAMETER:
+            out.append(
+                doc.diagnostic(
+                    ("parameters", name),
+                    "parameters.reserved",
+                    f"`{name}` is the parameter mfprefect's deployed flows take to resume a run; "
+                    "choose another name",
+                    key=True,
+                )
+            )
         kind = raw.get("type")
         if "default" not in raw or kind not in PARAMETER_TYPES:
             continue

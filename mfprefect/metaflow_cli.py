@@ -12,7 +12,7 @@ from metaflow._vendor import click
 from metaflow.exception import MetaflowException
 
 from . import document, export
-from .cli_options import chosen_executor, executor_options
+from .cli_options import chosen_executor, executor_options, step_to_rerun_option
 from .errors import MfprefectError
 
 # How this command line starts an error message (runtime/waiter.py prints it the same way).
@@ -31,7 +31,7 @@ def cli() -> None:
 @cli.group(help="Export, run and deploy this flow on Prefect with mfprefect.")
 @click.pass_obj
 def prefect(obj: Any) -> None:
-    problems = export.unsupported(obj.flow, obj.graph)
+    problems = export.unsupported(obj.flow, obj.graph, obj.environment.TYPE)
     if problems:
         raise UnsupportedFlow("\n".join(problems))
     obj.check(obj.graph, obj.flow, obj.environment, pylint=obj.pylint)
@@ -103,12 +103,14 @@ def run_command(
 @click.option(
     "--tag", "run_tags", multiple=True, help="A Metaflow tag for the new run (repeatable)."
 )
+@step_to_rerun_option(click)
 @executor_options(click)
 @click.pass_obj
 def resume_command(
     obj: Any,
     clone_run_id: str,
     run_tags: tuple[str, ...],
+    step_to_rerun: str | None,
     executor: str | None,
     address: str | None,
 ) -> None:
@@ -124,6 +126,7 @@ def resume_command(
             echo=echo,
             tags=run_tags,
             clone_run_id=clone_run_id,
+            step_to_rerun=step_to_rerun,
             error_prefix=ERROR_PREFIX,
         )
     )
@@ -199,6 +202,14 @@ def create_command(
     help="A parameter value (repeatable).",
 )
 @click.option(
+    "--resume",
+    "origin_run_id",
+    default=None,
+    metavar="RUN_ID",
+    help="Resume this Metaflow run on the workers: reuse what succeeded, run the rest.",
+)
+@step_to_rerun_option(click)
+@click.option(
     "--deployer-attribute-file", default=None, hidden=True, help="For Metaflow's Deployer API."
 )
 @click.pass_obj
@@ -206,14 +217,17 @@ def trigger_command(
     obj: Any,
     name: str | None,
     run_params: tuple[str, ...],
+    origin_run_id: str | None,
+    step_to_rerun: str | None,
     deployer_attribute_file: str | None,
     **flow_params: Any,
 ) -> None:
     from .cli import _server_url
-    from .deploy import apply as applier
+    from .deploy import trigger as triggers
     from .deploy.desired import qualified_name
     from .errors import UsageError
     from .manifest import from_data
+    from .runtime.commands import parse_pairs
 
     def trigger() -> None:
         _server_url()
@@ -223,14 +237,17 @@ def trigger_command(
         pairs = []
         for spec in manifest.parameters.values():
             value = flow_params.get(spec.name.replace("-", "_").lower())
-            if value is not None:
+            # A resume keeps the origin's values: only those given on the command line change
+            # (Metaflow's options carry every parameter's default).
+            if value is not None and (not origin_run_id or _given(spec.name)):
                 pairs.append((spec.name, value if isinstance(value, str) else json.dumps(value)))
-        for item in run_params:
-            param, sep, value = item.partition("=")
-            if not sep:
-                raise UsageError(f"--run-param {item!r} is not NAME=VALUE")
-            pairs.append((param, value))
-        flow_run_id = applier.trigger_with_strings(target, pairs)
+        pairs += parse_pairs(run_params, "--run-param")
+        if origin_run_id:
+            flow_run_id = triggers.resume(target, origin_run_id, step_to_rerun, pairs)
+        elif step_to_rerun:
+            raise UsageError("--step is for --resume", hint="name the run: --resume RUN_ID")
+        else:
+            flow_run_id = triggers.trigger_with_strings(target, pairs)
         click.echo(flow_run_id)
         attributes = {
             "name": target,
@@ -273,6 +290,12 @@ def register_run_command(obj: Any, run_id: str, tags: tuple[str, ...]) -> None:
         provider.register_run_id(run_id, list(tags))
         recorded = run_id
     click.echo(json.dumps({"run_id": str(recorded)}))
+
+
+def _given(parameter: str) -> bool:
+    """Whether `--parameter` is on this command line (click 7 cannot tell a default apart)."""
+    option = f"--{parameter}"
+    return any(arg == option or arg.startswith(option + "=") for arg in sys.argv[1:])
 
 
 def run_id_for(flow_run_id: str) -> str:

@@ -96,6 +96,34 @@ def metadata_service(tmp: Path) -> Iterator[dict[str, str]]:
         yield {"METAFLOW_SERVICE_URL": url, "METAFLOW_DEFAULT_METADATA": "service"}
 
 
+def other_machine(
+    folder: Path, applier: Mapping[str, str], *, s3_sysroot: bool = True
+) -> dict[str, str]:
+    """The environment of a worker elsewhere: only the server's URL, S3 and metadata settings
+    (without `s3_sysroot`, no METAFLOW_DATASTORE_SYSROOT_S3 either: such a worker knows only
+    the roots the manifests name). Its own local metadata is `folder/worker-metadata`."""
+    keep = ("PATH", "LANG", "LC_ALL", "TZ", "SYSTEMROOT")
+    env = {k: v for k, v in os.environ.items() if k in keep}
+    for name in applier:
+        if name.startswith(("METAFLOW_S3_", "AWS_", "METAFLOW_SERVICE_", "METAFLOW_DEFAULT_")):
+            env[name] = applier[name]
+    if s3_sysroot:
+        env["METAFLOW_DATASTORE_SYSROOT_S3"] = applier["METAFLOW_DATASTORE_SYSROOT_S3"]
+    else:
+        env.pop("METAFLOW_DATASTORE_SYSROOT_S3", None)
+    env.update(
+        # The worker's own Metaflow metadata (local), which the client reads back.
+        METAFLOW_DATASTORE_SYSROOT_LOCAL=str(folder / "worker-metadata"),
+        HOME=str(folder / "home"),
+        USER="worker-b",
+        METAFLOW_HOME=str(folder / "metaflow-config"),
+        PREFECT_HOME=str(folder / "prefect-profile"),
+        PREFECT_API_URL=applier["PREFECT_API_URL"],
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+    )
+    return env
+
+
 def s3_keys(env: Mapping[str, str], bucket: str, prefix: str = "") -> list[str]:
     """Every key in `bucket` under `prefix`, sorted."""
     pages = _s3(env).get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)

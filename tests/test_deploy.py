@@ -270,6 +270,32 @@ def test_metaflow_create_and_trigger(stack: dict[str, str], tmp_path: Path) -> N
     _request(stack, "DELETE", f"/deployments/{_deployment(stack, 'LinearFlow/prod')['id']}")
 
 
+def test_cards_of_a_deployed_run_on_the_local_datastore(
+    stack: dict[str, str], tmp_path: Path
+) -> None:
+    """A package deployment's steps run in a folder removed after the run: its cards used to
+    go there (Metaflow writes local cards under the `.metaflow` found from the working folder)."""
+    shutil.copy(EXAMPLES / "card_flow.py", tmp_path / "card_flow.py")
+    created = flow_cli(
+        tmp_path / "card_flow.py", "prefect", "create", "--work-pool", POOL, env=stack
+    )
+    assert created.returncode == 0, created.stderr
+    triggered = flow_cli(tmp_path / "card_flow.py", "prefect", "trigger", env=stack)
+    assert triggered.returncode == 0, triggered.stderr
+    flow_run_id = triggered.stdout.strip().splitlines()[-1]
+    assert _wait_flow_run(stack, flow_run_id)["state"]["type"] == "COMPLETED"
+    probe = (
+        "import sys; from metaflow import Flow, namespace; from metaflow.cards import get_cards; "
+        "namespace(None); "
+        "r = [r for r in Flow('CardFlow') if ('prefect_flow_run:' + sys.argv[1]) in r.tags][0]; "
+        "print([c.type for c in get_cards(r['report'].task)])"
+    )
+    found = run([sys.executable, "-c", probe, flow_run_id], env=stack, cwd=tmp_path)
+    assert found.returncode == 0, found.stderr[-2000:]
+    assert found.stdout.strip().splitlines()[-1] == "['default']"
+    _request(stack, "DELETE", f"/deployments/{_deployment(stack, 'CardFlow/CardFlow')['id']}")
+
+
 def test_errors_are_one_line_with_the_right_exit_code(
     stack: dict[str, str], tmp_path: Path
 ) -> None:
@@ -392,6 +418,9 @@ elif case == "project":
     deployed = Deployer("project_flow.py", branch="feature").prefect().create(work_pool=sys.argv[2])
     out["name"] = deployed.name
     recovered = DeployedFlow.from_deployment("demo_project.test.feature.ProjectFlow", impl="prefect")
+    # The deployer object recovers it too (its own flow file plays no part).
+    out["from_deployer"] = Deployer("project_flow.py").prefect().from_deployment(
+        "demo_project.test.feature.ProjectFlow").deployer.name
     run = recovered.trigger()
     out["status"] = wait(run)
     out["branch"] = run.run["start"].task.data.branch_name
@@ -441,6 +470,7 @@ def test_deployer_project_branch_and_dotted_name(stack: dict[str, str], tmp_path
         out["name"] == "demo_project.test.feature.ProjectFlow/demo_project.test.feature.ProjectFlow"
     )
     assert out["status"] == "SUCCEEDED" and out["branch"] == "test.feature"
+    assert out["from_deployer"] == out["name"]
     _request(stack, "DELETE", f"/deployments/{_deployment(stack, out['name'])['id']}")
 
 

@@ -293,6 +293,26 @@ def test_unsupported_decorators_fail_naming_each_step(
     assert "Traceback" not in result.stderr and result.stdout == ""
 
 
+def test_conda_and_pypi_are_refused_naming_the_uv_environment(
+    metaflow_env: dict[str, str], tmp_path: Path
+) -> None:
+    flow = tmp_path / "pypi_flow.py"
+    flow.write_text(
+        "from metaflow import FlowSpec, step, pypi\n\n"
+        "class PypiFlow(FlowSpec):\n"
+        "    @pypi(packages={'pyfiglet': '1.0.4'})\n"
+        "    @step\n    def start(self):\n        self.next(self.end)\n\n"
+        "    @step\n    def end(self):\n        pass\n\n"
+        "if __name__ == '__main__':\n    PypiFlow()\n"
+    )
+    result = flow_cli(flow, "--environment", "pypi", "prefect", "export", "-", env=metaflow_env)
+    assert result.returncode == 1 and result.stdout == ""
+    said = result.stderr
+    assert "flow `PypiFlow`: --environment=pypi is not built by mfprefect" in said
+    assert "step `start`: @pypi environments are not built by mfprefect" in said
+    assert "--environment=uv" in said and "Traceback" not in said
+
+
 def test_exit_hook_is_refused(metaflow_env: dict[str, str], tmp_path: Path) -> None:
     flow = tmp_path / "hook_flow.py"
     flow.write_text(

@@ -7,7 +7,6 @@ from __future__ import annotations
 import gzip
 import io
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -27,7 +26,7 @@ from prefect_stack import (
     stop_worker,
     wait_flow_run,
 )
-from remote_stack import metadata_service, s3_server
+from remote_stack import metadata_service, other_machine, s3_server
 from ruamel.yaml import YAML
 
 pytestmark = pytest.mark.slow
@@ -62,34 +61,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             assert made.returncode == 0, made.stderr
             machine_b = base / "machine-b"
             machine_b.mkdir()
-            worker_env = _other_machine(machine_b, applier)
+            worker_env = other_machine(machine_b, applier)
             worker = start_worker(machine_b, POOL, worker_env)
             yield {"env": applier, "base": base, "worker_folder": machine_b}
         finally:
             if worker is not None:
                 stop_worker(worker)
             stop_local_server(applier)
-
-
-def _other_machine(folder: Path, applier: dict[str, str]) -> dict[str, str]:
-    """The environment of a worker elsewhere: only the server's URL, S3 and metadata settings."""
-    keep = ("PATH", "LANG", "LC_ALL", "TZ", "SYSTEMROOT")
-    env = {k: v for k, v in os.environ.items() if k in keep}
-    for name in applier:
-        if name.startswith(("METAFLOW_S3_", "AWS_", "METAFLOW_SERVICE_", "METAFLOW_DEFAULT_")):
-            env[name] = applier[name]
-    env["METAFLOW_DATASTORE_SYSROOT_S3"] = applier["METAFLOW_DATASTORE_SYSROOT_S3"]
-    env.update(
-        # The worker's own Metaflow metadata (local), which the client reads back.
-        METAFLOW_DATASTORE_SYSROOT_LOCAL=str(folder / "worker-metadata"),
-        HOME=str(folder / "home"),
-        USER="worker-b",
-        METAFLOW_HOME=str(folder / "metaflow-config"),
-        PREFECT_HOME=str(folder / "prefect-profile"),
-        PREFECT_API_URL=applier["PREFECT_API_URL"],
-        PREFECT_SERVER_ANALYTICS_ENABLED="false",
-    )
-    return env
 
 
 def _project(folder: Path, version: str = "v1") -> Path:

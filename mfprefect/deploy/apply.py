@@ -1,4 +1,5 @@
-"""The only module that writes to a Prefect server: read live state, plan, apply the plan."""
+"""The only module that writes deployments to a Prefect server: read live state, plan, apply
+the plan (flow runs are started by `trigger`)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
-from ..errors import ManifestError, RuntimeFailure
+from ..errors import ManifestError, MfprefectError, RuntimeFailure
 from .code import CodeRef, code_env, package_ref
 from .desired import OWNER_TAG, AutomationSpec, DeploymentSpec
 from .plan import Change, LiveAutomation, LiveDeployment, LiveSchedule, Plan, plan
@@ -538,30 +539,6 @@ def _automation_core(spec: DeploymentSpec, automation: AutomationSpec, deploymen
     )
 
 
-def trigger(deployment: str, parameters: dict[str, Any]) -> str:
-    """Start a run of a deployed pipeline; return the flow run id as soon as it exists."""
-    import json
-
-    from prefect.deployments import run_deployment
-
-    # Prefect's server reads a mapping holding "__prefect_kind" anywhere in a parameter as an
-    # instruction (render a template, read a variable). JSON values go as text, which it leaves
-    # alone and the deployed pipeline parses (see runtime.deployed).
-    parameters = {
-        name: json.dumps(value) if isinstance(value, (dict, list)) else value
-        for name, value in parameters.items()
-    }
-    try:
-        flow_run = run_deployment(name=deployment, parameters=parameters, timeout=0)
-    except Exception as exc:  # noqa: BLE001
-        if _is_connection_error(exc):
-            raise _unreachable(exc) from None
-        raise RuntimeFailure(
-            f"cannot trigger {deployment}: {' '.join(str(exc).split())[:300]}"
-        ) from None
-    return str(flow_run.id)  # type: ignore[union-attr]
-
-
 def delete(desired: Sequence[DeploymentSpec], echo: Echo = lambda _: None) -> list[str]:
     """Delete the owned deployments these specs name (and their automations); return their keys."""
 
@@ -583,66 +560,10 @@ def _guarded(make: Callable[[], Any], what: str = "request failed", hint: str | 
     """Run a coroutine; connection and HTTP errors become one RuntimeFailure line."""
     try:
         return asyncio.run(make())
-    except (RuntimeFailure, ManifestError):
+    except MfprefectError:
         raise
     except Exception as exc:  # noqa: BLE001
         if _is_connection_error(exc):
             raise _unreachable(exc) from None
         detail = " ".join(_describe(exc).split())[:300]
         raise RuntimeFailure(f"{what}: {detail}", hint=hint) from None
-
-
-def trigger_with_strings(deployment: str, pairs: Sequence[tuple[str, str]]) -> str:
-    """Trigger with `--param name=value` strings, typed by the deployment's parameter schema."""
-
-    async def _schema() -> dict[str, Any]:
-        from prefect.client.orchestration import get_client
-        from prefect.exceptions import ObjectNotFound
-
-        async with get_client() as client:
-            try:
-                found = await client.read_deployment_by_name(deployment)
-            except ObjectNotFound:
-                raise RuntimeFailure(
-                    f"no deployment named {deployment}",
-                    hint="mfprefect plan/apply shows what is deployed",
-                ) from None
-            return dict(found.parameter_openapi_schema or {})
-
-    schema = _guarded(_schema)
-    properties = schema.get("properties", {})
-    values: dict[str, Any] = {}
-    for name, text in pairs:
-        key = name.replace("-", "_")
-        if key not in properties:
-            from ..errors import UsageError
-
-            raise UsageError(
-                f"unknown parameter {name!r} for {deployment}",
-                hint="known: " + ", ".join(properties),
-            )
-        values[key] = _typed(text, properties[key].get("type"), name)
-    return trigger(deployment, values)
-
-
-def _typed(text: str, kind: str | None, name: str) -> Any:
-    import json
-
-    from ..errors import UsageError
-
-    try:
-        if kind == "integer":
-            return int(text)
-        if kind == "number":
-            return float(text)
-        if kind == "boolean":
-            if text.lower() in ("true", "false"):
-                return text.lower() == "true"
-            raise ValueError(text)
-        if kind == "string":
-            return text
-        return json.loads(text)
-    except ValueError:
-        raise UsageError(
-            f"parameter {name}: {text!r} is not a valid {kind or 'JSON value'}"
-        ) from None

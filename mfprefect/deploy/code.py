@@ -100,13 +100,15 @@ def code_spec(manifest: Manifest) -> CodeSpec:
             git_path=inside.strip("/"),
             git_credentials=source.credentials.block if source.credentials else None,
         )
-    return CodeSpec("package", content_hash(flow_path.parent), flow_dir, flow_path.name)
+    locked = manifest.runtime.environment == "uv"
+    return CodeSpec("package", content_hash(flow_path.parent, locked), flow_dir, flow_path.name)
 
 
-def content_hash(flow_dir: Path) -> str:
+def content_hash(flow_dir: Path, locked: bool = False) -> str:
     """A hash of what the package of this folder would hold: the files Metaflow's packaging
-    picks (its own walk and suffix filter), Metaflow's version and mfprefect's. Reads files
-    only; imports no flow code."""
+    picks (its own walk and suffix filter), with `locked` the project's pyproject.toml and
+    uv.lock (Metaflow's uv environment packs them), Metaflow's version and mfprefect's. Reads
+    files only; imports no flow code."""
     from importlib.metadata import version
 
     from metaflow.metaflow_config import DEFAULT_PACKAGE_SUFFIXES
@@ -124,6 +126,12 @@ def content_hash(flow_dir: Path) -> str:
         ),
         key=lambda pair: pair[1],
     )
+    if locked:
+        from ..runtime.locked_env import LOCK_FILES, PACKAGE_META, project_files
+
+        project = project_files(flow_dir)
+        if project is not None:
+            files += [(str(project / name), f"{PACKAGE_META}/{name}") for name in LOCK_FILES]
     for path, arcname in files:
         with open(path, "rb") as handle:
             file_digest = hashlib.sha256(handle.read()).hexdigest()

@@ -247,7 +247,7 @@ class ClusterSteps:
 
             await acreate_markdown_artifact(
                 markdown=step_tasks.artifacts_markdown(
-                    self.manifest.flow_class, done["pathspec"], done["names"]
+                    self.manifest.flow_class, done["pathspec"], done["names"], done["cards"]
                 )
                 + f"\nRan on Dask worker `{done['worker']}`.\n",
                 key=step_tasks.artifact_key(f"{step}-artifacts"),

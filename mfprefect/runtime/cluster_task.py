@@ -361,5 +361,6 @@ async def _run_step(request: dict[str, Any]) -> dict[str, Any]:
         "attempt": result.attempt,
         "values": dict(result.values),
         "names": list(record.names) if record is not None else [],
+        "cards": list(record.cards) if record is not None else [],
         "worker": where,
     }

@@ -6,14 +6,17 @@ argument (nothing from a manifest ever passes through a shell).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
-from collections.abc import Mapping
+import sys
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import UsageError
 from ..manifest import EnvRef, EnvValue, Manifest, ParameterSpec, SecretRef
+from .datastore import cards_root
 
 # Metaflow gives up past this many attempts of one task (metaflow_config.MAX_ATTEMPTS).
 MAX_ATTEMPTS = 6
@@ -128,13 +131,21 @@ def parse_value(spec: ParameterSpec, text: str) -> Any:
     return text
 
 
+def parse_pairs(items: Sequence[str], option: str = "--param") -> list[tuple[str, str]]:
+    """`NAME=VALUE` strings as (name, value) pairs; UsageError naming `option` otherwise."""
+    pairs = []
+    for item in items:
+        name, sep, text = item.partition("=")
+        if not sep:
+            raise UsageError(f"{option} {item!r} is not NAME=VALUE")
+        pairs.append((name, text))
+    return pairs
+
+
 def parse_assignments(manifest: Manifest, assignments: tuple[str, ...]) -> dict[str, Any]:
     """`--param name=value` pairs, typed by the manifest's parameter specs."""
     values: dict[str, Any] = {}
-    for item in assignments:
-        name, sep, text = item.partition("=")
-        if not sep:
-            raise UsageError(f"--param {item!r} is not NAME=VALUE")
+    for name, text in parse_pairs(assignments):
         spec = manifest.parameters.get(name) or manifest.parameters.get(name.replace("_", "-"))
         if spec is None:
             known = ", ".join(manifest.parameters) or "none"
@@ -161,7 +172,9 @@ def register_command(ctx: RunContext) -> list[str] | None:
     """Registers the run with a metadata service before `init` (None: nothing to register)."""
     if ctx.manifest.runtime.metadata != "service":
         return None
-    args = top_level(ctx) + ["prefect", "register-run", "--run-id", ctx.run_id]
+    # mfprefect's own command: run by this interpreter, not a locked environment's.
+    here = dataclasses.replace(ctx, python=sys.executable)
+    args = top_level(here) + ["prefect", "register-run", "--run-id", ctx.run_id]
     for tag in ctx.tags:
         args += ["--tag", tag]
     return args
@@ -204,12 +217,35 @@ def step_command(
     return args
 
 
+# Where Metaflow's card writer finds its root on a remote datastore (metaflow_config). A local
+# datastore has no such setting that works: `CardDatastore.get_storage_root("local")` returns
+# None when METAFLOW_CARD_LOCALROOT is set, and otherwise looks for `.metaflow` from the working
+# directory up (see `fetch.pull_package` for deployed runs).
+CARD_ROOT_VARIABLES = {
+    "s3": "METAFLOW_CARD_S3ROOT",
+    "azure": "METAFLOW_CARD_AZUREROOT",
+    "gs": "METAFLOW_CARD_GSROOT",
+}
+
+
+def card_variables(ctx: RunContext) -> dict[str, str]:
+    """Where every step writes its cards: the run's datastore root + `mf.cards`, where
+    Metaflow's client reads a task's cards (its recorded `ds-root`). Left to itself the writer
+    takes the root from the machine's configuration (METAFLOW_DATASTORE_SYSROOT_S3), so on a
+    worker that knows only the manifest's root the cards went where no client looks."""
+    name = CARD_ROOT_VARIABLES.get(ctx.manifest.runtime.datastore)
+    if name is None or not ctx.datastore_root:
+        return {}
+    return {name: cards_root(ctx.datastore_root)}
+
+
 def runtime_environment(ctx: RunContext) -> dict[str, str]:
     """The runner's environment plus what every step of the run shares (no manifest variables)."""
     env = dict(ctx.base_env)
     if ctx.manifest.runtime.datastore == "local":
         # Local metadata finds its folder through this variable, not --datastore-root.
         env["METAFLOW_DATASTORE_SYSROOT_LOCAL"] = os.path.dirname(ctx.datastore_root.rstrip("/"))
+    env.update(card_variables(ctx))
     if ctx.manifest.configs:
         env["METAFLOW_FLOW_CONFIG_VALUE"] = json.dumps(dict(ctx.manifest.configs))
     return env
@@ -282,6 +318,7 @@ def remote_environment(
     if user:
         # Every task of the run records the same user, whichever machine runs it.
         plain["METAFLOW_USER"] = user
+    plain.update(card_variables(ctx))
     if ctx.manifest.configs:
         plain["METAFLOW_FLOW_CONFIG_VALUE"] = json.dumps(dict(ctx.manifest.configs))
     layers: list[Mapping[str, EnvValue]] = [ctx.manifest.deployment.environment]

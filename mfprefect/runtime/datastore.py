@@ -11,6 +11,11 @@ from typing import Any
 from ..manifest import Manifest
 
 
+def cards_root(root: str) -> str:
+    """Where Metaflow's client looks for the cards of a task whose datastore root is `root`."""
+    return root.rstrip("/") + "/mf.cards"
+
+
 @dataclass
 class Datastore:
     """Reads what steps wrote (foreach width, switch choice, artifacts) and saves their logs."""
@@ -100,14 +105,41 @@ class Datastore:
                 errors[task["pathspec"]] = str(exc)
         return errors
 
+    def cards(self, pathspec: str) -> list[dict[str, str | None]]:
+        """The task's cards ({type, id, location}), where Metaflow's client finds them: under
+        `cards_root` (see `commands.card_variables`)."""
+        from metaflow.datastore import FlowDataStore
+        from metaflow.plugins import DATASTORES
+        from metaflow.plugins.cards.card_datastore import CardDatastore
+        from metaflow.plugins.cards.exception import CardNotPresentException
+
+        impl = next(d for d in DATASTORES if d.TYPE == self.kind)
+        store = CardDatastore(
+            FlowDataStore(self.flow_name, storage_impl=impl, ds_root=cards_root(self.root)),
+            pathspec=f"{self.flow_name}/{pathspec}",
+        )
+        try:
+            paths = store.extract_card_paths()
+        except CardNotPresentException:
+            return []
+        found = []
+        for path in sorted(paths):
+            info = CardDatastore.info_from_path(path)
+            found.append(
+                {"type": info.type, "id": info.id, "location": store.create_full_path(path)}
+            )
+        return found
+
     def inspect(
         self, pathspec: str, attempt: int, read: Sequence[str] = (), names: bool = False
     ) -> TaskRecord:
-        """Whether the task finished, the artifacts in `read` and (with `names`) its names."""
+        """Whether the task finished, the artifacts in `read` and (with `names`) its artifact
+        names and cards."""
         ok = self.task_ok(pathspec, attempt)
         values = {name: plain(self.read_artifact(pathspec, attempt, name)) for name in read if ok}
         listed = self.artifact_names(pathspec, attempt) if ok and names else []
-        return TaskRecord(ok, values, listed)
+        cards = self.cards(pathspec) if ok and names else []
+        return TaskRecord(ok, values, listed, cards)
 
     def origin_tasks(
         self, run_id: str
@@ -153,6 +185,7 @@ class TaskRecord:
     ok: bool
     values: dict[str, Any] = field(default_factory=dict)
     names: list[str] = field(default_factory=list)
+    cards: list[dict[str, str | None]] = field(default_factory=list)
 
 
 def plain(value: Any) -> Any:

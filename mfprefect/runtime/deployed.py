@@ -6,8 +6,11 @@ deployment carries in its environment (see `mfprefect.deploy.desired`).
 
 from __future__ import annotations
 
+import asyncio
 import inspect
+import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +19,7 @@ from ..manifest import Manifest, from_data, validate_data
 from .commands import parse_value
 from .fetch import cleanup
 from .prefect_flow import RunOptions, execute
+from .resume import RESUME_PARAMETER, read_origin, reused
 
 FLOW_NAME_ENV = "MFPREFECT_FLOW_NAME"
 _ANNOTATIONS: dict[str, Any] = {"str": str, "int": int, "float": float, "bool": bool, "json": Any}
@@ -42,6 +46,7 @@ def build(manifest: Manifest) -> Any:
     names = {parameter_key(name): name for name in manifest.parameters}
 
     async def pipeline(**given: Any) -> str:
+        asked = given.pop(RESUME_PARAMETER, None)
         parameters = {}
         for key, value in given.items():
             spec = manifest.parameters[names[key]]
@@ -54,7 +59,10 @@ def build(manifest: Manifest) -> Any:
             if value is not None:
                 parameters[spec.name] = value
         try:
-            return await execute(manifest, parameters, RunOptions())
+            options = RunOptions()
+            if asked:
+                options = await asyncio.to_thread(resumed, manifest, asked, parameters)
+            return await execute(manifest, parameters, options)
         finally:
             # The package this run was unpacked from (if any) is this run's alone.
             cleanup(os.getcwd())
@@ -69,6 +77,11 @@ def build(manifest: Manifest) -> Any:
             )
             for key, name in names.items()
         ]
+        + [
+            inspect.Parameter(
+                RESUME_PARAMETER, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Any
+            )
+        ]
     )
     make_flow: Any = flow
     return make_flow(
@@ -78,6 +91,19 @@ def build(manifest: Manifest) -> Any:
         validate_parameters=False,
         persist_result=False,
         log_prints=False,
+    )
+
+
+def resumed(manifest: Manifest, asked: Any, parameters: Mapping[str, Any]) -> RunOptions:
+    """A flow run that resumes `asked["origin_run_id"]` (see `mfprefect trigger --resume`):
+    what it clones is decided here, on the worker, from the datastore the run uses."""
+    if isinstance(asked, str):  # a mapping travels as JSON text (see deploy.trigger)
+        asked = json.loads(asked)
+    origin = read_origin(manifest, str(asked["origin_run_id"]))
+    return RunOptions(
+        clone_run_id=origin.run_id,
+        clones=reused(manifest, origin, asked.get("step_to_rerun"), parameters),
+        origin_parameters=origin.parameters,
     )
 
 

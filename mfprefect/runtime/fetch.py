@@ -22,6 +22,8 @@ from typing import Any
 # Prefix of the folders made here; the deployed flow removes its own when the run ends.
 FOLDER_PREFIX = "mfprefect-code-"
 MARKER = ".mfprefect-code"
+# Metaflow's name for a local datastore folder, which it looks for from the working directory up.
+LOCAL_ROOT_LINK = ".metaflow"
 
 
 class PackageError(RuntimeError):
@@ -100,10 +102,17 @@ def pull_package(
     unpack(blob, folder)
     with open(os.path.join(folder, MARKER), "w", encoding="utf-8") as handle:
         handle.write(content + "\n")
-    if datastore == "local" and not os.environ.get("METAFLOW_DATASTORE_SYSROOT_LOCAL"):
-        # A local datastore is shared only on one machine: the run's data goes beside the
-        # package, where the applier's runs and client look (not into this throwaway folder).
-        os.environ["METAFLOW_DATASTORE_SYSROOT_LOCAL"] = os.path.dirname(root.rstrip("/"))
+    if datastore == "local":
+        if not os.environ.get("METAFLOW_DATASTORE_SYSROOT_LOCAL"):
+            # A local datastore is shared only on one machine: the run's data goes beside the
+            # package, where the applier's runs and client look (not into this throwaway folder).
+            os.environ["METAFLOW_DATASTORE_SYSROOT_LOCAL"] = os.path.dirname(root.rstrip("/"))
+        # Metaflow writes a local card under the first `.metaflow` found from the step's working
+        # directory up (whatever the datastore root), and its client reads it under the task's
+        # datastore root: without this link the cards went into this folder, removed after the
+        # run. Removing the folder removes the link, never what it points to.
+        with contextlib.suppress(FileExistsError):
+            os.symlink(root, os.path.join(folder, LOCAL_ROOT_LINK))
     return {"directory": folder}
 
 

@@ -37,6 +37,7 @@ def run_locally(
     echo: Callable[[str], None],
     tags: tuple[str, ...] = (),
     clone_run_id: str | None = None,
+    step_to_rerun: str | None = None,
     error_prefix: str | None = None,
 ) -> RunSummary:
     """Run the pipeline against PREFECT_API_URL or mfprefect's local server.
@@ -64,6 +65,7 @@ def run_locally(
             echo=echo,
             tags=tags,
             clone_run_id=clone_run_id,
+            step_to_rerun=step_to_rerun,
             handoff=handoff,
         )
         if summary is None:
@@ -72,7 +74,12 @@ def run_locally(
         from .prefect_flow import run_manifest
 
         summary = run_manifest(
-            manifest, parameters, echo=echo, tags_=tags, clone_run_id=clone_run_id
+            manifest,
+            parameters,
+            echo=echo,
+            tags_=tags,
+            clone_run_id=clone_run_id,
+            step_to_rerun=step_to_rerun,
         )
     local_server.touch()
     return summary

@@ -17,8 +17,9 @@ from prefect.context import TagsContext
 from prefect.runtime import flow_run as flow_run_info
 from prefect.runtime import task_run as task_run_info
 
+from ..errors import UsageError
 from ..manifest import Manifest
-from . import cluster, commands, engine, step_tasks
+from . import cluster, commands, engine, locked_env, resume, step_tasks
 from .datastore import Datastore, TaskRecord
 from .engine import RunSummary
 from .zygote import ForkedProcess, Zygote, forking_enabled
@@ -123,7 +124,7 @@ class PrefectSteps:
             return result
         if step not in self.reported_steps:
             self.reported_steps.add(step)
-            await self._report_artifacts(step, pathspec, record.names)
+            await self._report_artifacts(step, pathspec, record)
         return result
 
     async def _launch(
@@ -200,10 +201,12 @@ class PrefectSteps:
             with contextlib.suppress(Exception):
                 await asyncio.shield(self.saver)
 
-    async def _report_artifacts(self, step: str, pathspec: str, names: list[str]) -> None:
+    async def _report_artifacts(self, step: str, pathspec: str, record: TaskRecord) -> None:
         full = f"{self.manifest.flow_class}/{pathspec}"
         await acreate_markdown_artifact(
-            markdown=step_tasks.artifacts_markdown(self.manifest.flow_class, pathspec, names),
+            markdown=step_tasks.artifacts_markdown(
+                self.manifest.flow_class, pathspec, record.names, record.cards
+            ),
             key=step_tasks.artifact_key(f"{step}-artifacts"),
             description=f"Artifacts of {full}",
         )
@@ -218,7 +221,7 @@ class RunOptions:
     # Resume: the earlier run, its successful tasks and its parameter values (read once, before
     # the flow run starts, so an unknown run is a usage error rather than a failed flow run).
     clone_run_id: str | None = None
-    clones: Mapping[tuple[str, tuple[int, ...], int], str] = field(default_factory=dict)
+    clones: resume.Clones = field(default_factory=dict)
     origin_parameters: Mapping[str, Any] = field(default_factory=dict)
     # The step launcher, started before the flow run so its imports overlap with ours.
     zygote: Zygote | None = field(default=None, compare=False)
@@ -241,9 +244,15 @@ async def _execute(manifest: Manifest, parameters: Mapping[str, Any], options: R
     secrets = {} if on_cluster else await resolve_secrets(manifest)
     # A deployment's run is named after its flow run, so a trigger knows the pathspec at once.
     run_id = options.run_id or "prefect-" + str(flow_run_info.id).replace("-", "")
+    base_env = dict(os.environ)
+    python = engine.python_executable()
+    locked = await _locked_environment(manifest, base_env)
+    if locked is not None:
+        base_env.update(locked.env)
+        python = locked.python
     ctx = commands.RunContext(
         manifest=manifest,
-        python=engine.python_executable(),
+        python=python,
         flow_file=str(manifest.flow_path()),
         datastore_root=datastore.root,
         run_id=run_id,
@@ -251,7 +260,7 @@ async def _execute(manifest: Manifest, parameters: Mapping[str, Any], options: R
         tags=tuple(manifest.deployment.tags)
         + options.tags
         + (f"prefect_flow_run:{flow_run_info.id}",),
-        base_env=dict(os.environ),
+        base_env=base_env,
     )
     if not on_cluster:
         for step in [None, *manifest.steps]:
@@ -347,6 +356,18 @@ async def _registered(
     return dataclasses.replace(ctx, run_id=recorded)
 
 
+async def _locked_environment(
+    manifest: Manifest, env: Mapping[str, str]
+) -> locked_env.LockedEnv | None:
+    """The flow's locked environment (`environment: uv`), built before the first step; a lock
+    that cannot be installed fails the run here, said as one line in its log."""
+    try:
+        return await asyncio.to_thread(locked_env.prepare, manifest, env)
+    except engine.RuntimeFailure as exc:
+        get_run_logger().error(f"mfprefect: {exc.message}")
+        raise
+
+
 def _start_zygote(manifest: Manifest, env: Mapping[str, str]) -> Zygote | None:
     """The run's step launcher, unless MFPREFECT_FORK_STEPS=0 asks for fresh processes."""
     if not forking_enabled():
@@ -428,18 +449,23 @@ def run_manifest(
     run_id: str | None = None,
     tags_: tuple[str, ...] = (),
     clone_run_id: str | None = None,
+    step_to_rerun: str | None = None,
 ) -> RunSummary:
     """Run the whole pipeline as one Prefect flow run, in this process. Raises StepFailed.
 
     With `clone_run_id` it is a resume: tasks that succeeded in that run are copied (no user
-    code runs) and the rest run, with the original run's parameter values.
+    code runs), except in `step_to_rerun` and after it, and the rest run, with the original
+    run's parameter values.
     """
     # Usage errors (parameters, environment references, an unknown run) before any flow run exists.
-    clones: dict[tuple[str, tuple[int, ...], int], str] = {}
-    origin_parameters: dict[str, Any] = {}
+    clones: resume.Clones = {}
+    origin_parameters: Mapping[str, Any] = {}
     if clone_run_id:
-        clones, stored = Datastore.for_manifest(manifest).origin_tasks(clone_run_id)
-        origin_parameters = _parameters_from_artifacts(manifest, stored)
+        origin = resume.read_origin(manifest, clone_run_id)
+        clones = resume.reused(manifest, origin, step_to_rerun)
+        origin_parameters = origin.parameters
+    elif step_to_rerun:
+        raise UsageError("a step to re-run needs the run to resume (--clone-run-id)")
     commands.parameter_values(manifest, {**origin_parameters, **parameters})
     precheck = commands.RunContext(manifest, "", "", "", "", base_env=dict(os.environ))
     if manifest.deployment.executor.kind == "dask":
@@ -495,14 +521,3 @@ def run_manifest(
         if isinstance(recorded, str) and recorded.startswith(f"{manifest.flow_class}/"):
             pathspec = recorded
     return RunSummary(pathspec, flow_run_id)
-
-
-def _parameters_from_artifacts(manifest: Manifest, stored: Mapping[str, Any]) -> dict[str, Any]:
-    """Parameter values of an earlier run, found under their attribute names (`a-b` is `a_b`)."""
-    values: dict[str, Any] = {}
-    for name in manifest.parameters:
-        for candidate in (name, name.replace("-", "_"), name.replace("-", "_").lower()):
-            if candidate in stored:
-                values[name] = stored[candidate]
-                break
-    return values

@@ -154,6 +154,7 @@ def run(
     echo: Echo,
     tags: tuple[str, ...] = (),
     clone_run_id: str | None = None,
+    step_to_rerun: str | None = None,
     handoff: Handoff | None = None,
 ) -> RunSummary | None:
     """Run the pipeline in the local runner (starting it if needed); return its RunSummary, or
@@ -183,6 +184,7 @@ def run(
         "parameters": dict(parameters),
         "tags": list(tags),
         "clone_run_id": clone_run_id,
+        "step_to_rerun": step_to_rerun,
         "env": dict(os.environ),
         "cwd": os.getcwd(),
     }
@@ -499,6 +501,7 @@ def _run_request(request: Mapping[str, Any], conn: socket.socket) -> dict[str, A
             echo=echo,
             tags_=tuple(request.get("tags", ())),
             clone_run_id=request.get("clone_run_id"),
+            step_to_rerun=request.get("step_to_rerun"),
         )
     except MfprefectError as exc:
         return {"error": {"exit_code": exc.exit_code, "message": exc.message, "hint": exc.hint}}

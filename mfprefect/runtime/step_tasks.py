@@ -4,6 +4,7 @@ options (name, tags, retries) and how a finished step process is judged."""
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from prefect.cache_policies import NO_CACHE
@@ -83,12 +84,33 @@ def judge(
     return engine.TaskResult(pathspec, attempt, record.values)
 
 
-def artifacts_markdown(flow_name: str, pathspec: str, names: list[str]) -> str:
-    """The body of a step's Prefect artifact: its Metaflow artifacts and how to read them."""
+def artifacts_markdown(
+    flow_name: str, pathspec: str, names: list[str], cards: Sequence[Mapping[str, Any]] = ()
+) -> str:
+    """The body of a step's Prefect artifact: its Metaflow artifacts and cards, and how to
+    read them."""
     full = f"{flow_name}/{pathspec}"
     listed = "\n".join(f"- `{name}`" for name in names) or "(none)"
-    return (
+    text = (
         f"### Metaflow task `{full}`\n\nArtifacts:\n{listed}\n\n"
         "```python\nfrom metaflow import Task, namespace\nnamespace(None)\n"
         f"task = Task({full!r})\n" + "".join(f"task.data.{name}\n" for name in names[:20]) + "```\n"
     )
+    if cards:
+        step = full.rsplit("/", 1)[0]
+        shown = "\n".join(
+            f"- `{card['type']}`"
+            + (f" (id `{card['id']}`)" if card.get("id") else "")
+            + f": [{card['location']}]({_link(card['location'])})"
+            for card in cards
+        )
+        text += (
+            f"\nCards:\n{shown}\n\nOpen them with `mfprefect card {full}`; every task's "
+            f"cards of this step with `mfprefect card {step}`.\n"
+        )
+    return text
+
+
+def _link(location: str) -> str:
+    """A card's location as a link target: a local file as a file:// URL."""
+    return location if "://" in location else "file://" + location
