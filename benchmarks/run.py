@@ -1,7 +1,8 @@
 """Benchmarks: mfprefect against Metaflow's own commands, alternating sides, medians and ratios.
 
-    python benchmarks/run.py [--repeat 5] [--only linear,foreach20,...,gitops,deploy] [--readme]
+    python benchmarks/run.py [--repeat 5] [--only linear,foreach20,...,deploy,resume] [--readme]
     python benchmarks/run.py --repeat 1 --only dask     # writes benchmarks/RESULTS-dask.md
+    python benchmarks/run.py --repeat 3 --only resume   # writes benchmarks/RESULTS-resume.md
 
 Writes benchmarks/RESULTS.md (and, with --readme, the table between the markers in README.md).
 Each workload runs in fresh temporary folders; peak memory is the RSS of the whole process tree,
@@ -26,6 +27,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 FLOWS = Path(__file__).resolve().parent / "flows"
@@ -36,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 class Sample:
     seconds: float
     peak_rss_mb: float
+    run_id: str | None = None
 
 
 @dataclass
@@ -439,33 +442,41 @@ def _manifest(flow: Path, name: str, env: dict[str, str], code: str) -> Path:
     return target
 
 
-def _deployed_run(env: dict[str, str], flow: str, name: str) -> Sample:
-    """Trigger a deployment and wait until its flow run has completed (polled every 50 ms)."""
+def _deployed_run(
+    env: dict[str, str],
+    flow: str,
+    name: str,
+    *,
+    until: str = "COMPLETED",
+    resume: str | None = None,
+) -> Sample:
+    """Trigger a deployment (or resume Metaflow run `resume` with it) and wait until its flow
+    run has ended `until` (polled every 50 ms). The sample carries the Metaflow run id."""
 
     api = env["PREFECT_API_URL"]
     started = time.perf_counter()
-    done = subprocess.run(
-        [sys.executable, "-m", "mfprefect.cli", "trigger", flow, "--name", name],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
+    command = [sys.executable, "-m", "mfprefect.cli", "trigger", flow, "--name", name]
+    if resume:
+        command += ["--resume", resume]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
     flow_run_id = done.stdout.strip().splitlines()[-1]
     import urllib.request
 
     while True:
         with urllib.request.urlopen(f"{api}/flow_runs/{flow_run_id}", timeout=10) as answer:
             state = json.loads(answer.read())["state"]["type"]
-        if state == "COMPLETED":
-            return Sample(time.perf_counter() - started, 0.0)
-        if state in ("FAILED", "CRASHED", "CANCELLED"):
-            raise RuntimeError(f"deployed run {flow_run_id} ended {state}")
+        if state == until:
+            run_id = "prefect-" + flow_run_id.replace("-", "")
+            return Sample(time.perf_counter() - started, 0.0, run_id)
+        if state in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+            raise RuntimeError(f"deployed run {flow_run_id} ended {state}, not {until}")
         time.sleep(0.05)
 
 
-def bench_deploy(repeat: int, work: Path) -> list[Row]:
-    """Deployed runs on a process worker (package vs path vs a local run) and package builds."""
+@contextlib.contextmanager
+def _deploy_stack(work: Path, worker_env: dict[str, str] | None = None) -> Any:
+    """S3 on moto, mfprefect's local server and a process worker polling `bench-deploy` every
+    second, in `work`; yields the environment that reaches them."""
     from mfprefect.runtime import local_server
 
     env = base_env(work)
@@ -474,7 +485,6 @@ def bench_deploy(repeat: int, work: Path) -> list[Row]:
     env.update(s3_env)
     env["PREFECT_API_URL"] = local_server.ensure_server()
     worker = None
-    rows = []
     try:
         subprocess.run(
             [
@@ -492,25 +502,43 @@ def bench_deploy(repeat: int, work: Path) -> list[Row]:
             check=True,
         )
         (work / "worker").mkdir()
+        polling = dict(env, PREFECT_WORKER_QUERY_SECONDS="1", PREFECT_WORKER_PREFETCH_SECONDS="5")
         worker = subprocess.Popen(
             [sys.executable, "-m", "prefect", "worker", "start", "--pool", "bench-deploy"],
-            env=dict(env, PREFECT_WORKER_QUERY_SECONDS="1", PREFECT_WORKER_PREFETCH_SECONDS="5"),
+            env=dict(polling, **(worker_env or {})),
             cwd=work / "worker",
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
         )
+        yield env
+    finally:
+        if worker is not None:
+            os.killpg(worker.pid, 15)
+            worker.wait(timeout=30)
+        local_server.stop_server()
+        os.killpg(s3.pid, 15)
+        s3.wait(timeout=30)
+
+
+def _apply(manifest: Path, env: dict[str, str]) -> None:
+    subprocess.run(
+        [sys.executable, "-m", "mfprefect.cli", "apply", str(manifest)],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+
+
+def bench_deploy(repeat: int, work: Path) -> list[Row]:
+    """Deployed runs on a process worker (package vs path vs a local run) and package builds."""
+    rows = []
+    with _deploy_stack(work) as env:
         (work / "flow").mkdir()
         flow = work / "flow" / "linear3.py"
         shutil.copy(FLOWS / "linear3.py", flow)
         for name, code in (("package", "package"), ("path", "path")):
-            manifest = _manifest(flow, name, env, code)
-            subprocess.run(
-                [sys.executable, "-m", "mfprefect.cli", "apply", str(manifest)],
-                env=env,
-                check=True,
-                capture_output=True,
-            )
+            _apply(_manifest(flow, name, env, code), env)
         _deployed_run(env, "LinearThreeFlow", "package")  # warm the worker's first run
         package_row = Row(
             "deployed 3-step run, trigger to completed on a process worker (polling every 1 s)",
@@ -564,14 +592,36 @@ def bench_deploy(repeat: int, work: Path) -> list[Row]:
         extra = apply_row.median("ours") - apply_row.median("theirs")
         apply_row.note = f"target: build plus upload under 2 s; measured: {extra:.2f} s"
         rows.append(apply_row)
-    finally:
-        if worker is not None:
-            os.killpg(worker.pid, 15)
-            worker.wait(timeout=30)
-        local_server.stop_server()
-        os.killpg(s3.pid, 15)
-        s3.wait(timeout=30)
     return rows
+
+
+def bench_resume(repeat: int, work: Path) -> list[Row]:
+    """A deployed 10-step flow (1 s of work per step) that failed at step 9: `mfprefect
+    trigger --resume` (8 steps cloned, 2 run) against a fresh run, both to completed."""
+    flag = work / "resume-flag"
+    with _deploy_stack(work, {"RESUME_FLAG": str(flag)}) as env:
+        (work / "flow").mkdir()
+        flow = work / "flow" / "steps10_fail9.py"
+        shutil.copy(FLOWS / "steps10_fail9.py", flow)
+        _apply(_manifest(flow, "ten", env, "package"), env)
+        flag.write_text("fixed")
+        _deployed_run(env, "TenStepFlow", "ten")  # warm the worker's first run
+
+        def resumed() -> Sample:
+            flag.unlink(missing_ok=True)
+            failed = _deployed_run(env, "TenStepFlow", "ten", until="FAILED")
+            flag.write_text("fixed")
+            return _deployed_run(env, "TenStepFlow", "ten", resume=failed.run_id)
+
+        row = Row(
+            "deployed 10-step flow that failed at step 9, resumed vs run afresh (1 s per step)",
+            "trigger --resume",
+            "trigger",
+        )
+        alternate(row, repeat, resumed, lambda: _deployed_run(env, "TenStepFlow", "ten"))
+        saved = row.median("theirs") - row.median("ours")
+        row.note = f"the resume clones 8 steps and runs 2; it saves {saved:.1f} s"
+        return [row]
 
 
 def _dask_cluster(
@@ -749,7 +799,8 @@ def main() -> int:
     )
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument(
-        "--only", default="first,linear,foreach20,foreach100,split,export,validate,gitops,deploy"
+        "--only",
+        default="first,linear,foreach20,foreach100,split,export,validate,gitops,deploy,resume",
     )
     parser.add_argument("--readme", action="store_true", help="Also put the table into README.md.")
     args = parser.parse_args()
@@ -767,11 +818,14 @@ def main() -> int:
             rows += bench_gitops(args.repeat, _fresh(work / "gitops"))
         if "deploy" in only:
             rows += bench_deploy(args.repeat, _fresh(work / "deploy"))
+        if "resume" in only:
+            rows += bench_resume(args.repeat, _fresh(work / "resume"))
         if "dask" in only:
             rows += bench_dask(args.repeat, _fresh(work / "dask"))
     text = table(rows, args.repeat)
-    # The Dask workload (minutes long, not in the default set) keeps a results file of its own.
-    name = "RESULTS-dask.md" if only == {"dask"} else "RESULTS.md"
+    # The default set writes RESULTS.md; one workload run alone (the minutes-long Dask one is
+    # not in the default set) keeps a results file of its own, RESULTS-<workload>.md.
+    name = f"RESULTS-{args.only}.md" if len(only) == 1 else "RESULTS.md"
     (Path(__file__).resolve().parent / name).write_text("# Benchmark results\n\n" + text)
     print(text)
     if args.readme:

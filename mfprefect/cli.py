@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from .cli_options import executor_options, step_to_rerun_option
+from .cli_options import executor_options, resume_options, step_to_rerun_option
 from .errors import MfprefectError, UsageError
 
 MANIFEST_SUFFIXES = (".yaml", ".yml")
@@ -395,14 +395,7 @@ def delete_command(paths: tuple[str, ...]) -> None:
 @click.option(
     "--param", "params", multiple=True, metavar="NAME=VALUE", help="A parameter value (repeatable)."
 )
-@click.option(
-    "--resume",
-    "origin_run_id",
-    default=None,
-    metavar="RUN_ID",
-    help="Resume this Metaflow run on the workers: reuse what succeeded, run the rest.",
-)
-@step_to_rerun_option(click)
+@resume_options(click)
 def trigger_command(
     pipeline: str,
     deployment_name: str | None,

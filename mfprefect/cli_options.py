@@ -40,10 +40,31 @@ def step_to_rerun_option(click: Any) -> Callable[[Any], Any]:
     )
 
 
+def resume_options(click: Any) -> Callable[[Any], Any]:
+    """`--resume RUN_ID` and `--step`: a trigger that resumes a run on the deployment's workers."""
+
+    def decorate(command: Any) -> Any:
+        command = step_to_rerun_option(click)(command)
+        return click.option(
+            "--resume",
+            "origin_run_id",
+            default=None,
+            metavar="RUN_ID",
+            help="Resume this Metaflow run on the workers: reuse what succeeded, run the rest.",
+        )(command)
+
+    return decorate
+
+
 def chosen_executor(manifest: Manifest, executor: str | None, address: str | None) -> Manifest:
     """The manifest with the executor the command line chose (unchanged if it chose none)."""
     if address and executor is None:
         executor = "dask"
     if executor == "local" and address:
         raise UsageError("--address is for --executor dask")
+    if executor == "dask" and manifest.runtime.environment == "uv":
+        raise UsageError(
+            "the dask executor does not build locked environments (uv) on its workers yet",
+            hint="run with --executor local, or install the flow's packages on the Dask workers",
+        )
     return manifest if executor is None else with_executor(manifest, executor, address)

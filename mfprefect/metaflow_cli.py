@@ -12,7 +12,12 @@ from metaflow._vendor import click
 from metaflow.exception import MetaflowException
 
 from . import document, export
-from .cli_options import chosen_executor, executor_options, step_to_rerun_option
+from .cli_options import (
+    chosen_executor,
+    executor_options,
+    resume_options,
+    step_to_rerun_option,
+)
 from .errors import MfprefectError
 
 # How this command line starts an error message (runtime/waiter.py prints it the same way).
@@ -201,14 +206,7 @@ def create_command(
     metavar="NAME=VALUE",
     help="A parameter value (repeatable).",
 )
-@click.option(
-    "--resume",
-    "origin_run_id",
-    default=None,
-    metavar="RUN_ID",
-    help="Resume this Metaflow run on the workers: reuse what succeeded, run the rest.",
-)
-@step_to_rerun_option(click)
+@resume_options(click)
 @click.option(
     "--deployer-attribute-file", default=None, hidden=True, help="For Metaflow's Deployer API."
 )

@@ -124,6 +124,53 @@ def other_machine(
     return env
 
 
+@contextlib.contextmanager
+def deployment_stack(
+    base: Path,
+    pool: str,
+    services: Mapping[str, str],
+    *,
+    s3_sysroot: bool = True,
+    worker_extra: Mapping[str, str] | None = None,
+) -> Iterator[dict[str, Any]]:
+    """An applier's environment reaching `services` (S3, metadata), mfprefect's local server, a
+    process pool `pool` and a worker polling it in `base/worker`, in an environment of its own
+    (see `other_machine`, plus `worker_extra`). Yields {"env", "base", "worker_folder",
+    "client"}; `client` reads runs back through the worker's own metadata folder."""
+    from conftest import flow_env, run, start_local_server, stop_local_server
+    from prefect_stack import start_worker, stop_worker
+
+    applier = flow_env(base / "applier")
+    applier.pop("METAFLOW_DATASTORE_SYSROOT_LOCAL")
+    applier.update(services)
+    applier["MFPREFECT_HOME"] = str(base / "applier" / "mfprefect-home")
+    applier["PREFECT_HOME"] = str(base / "applier" / "prefect-home")
+    applier.pop("PREFECT_API_URL", None)
+    worker = None
+    try:
+        applier["PREFECT_API_URL"] = start_local_server(applier)
+        made = run(
+            [sys.executable, "-m", "prefect", "work-pool", "create", pool, "--type", "process"],
+            env=applier,
+            timeout=60,
+        )
+        assert made.returncode == 0, made.stderr
+        machine = base / "worker"
+        machine.mkdir()
+        worker_env = other_machine(machine, applier, s3_sysroot=s3_sysroot)
+        worker_env.update(worker_extra or {})
+        worker = start_worker(machine, pool, worker_env)
+        client = dict(applier, METAFLOW_DEFAULT_METADATA="local")
+        client["METAFLOW_DATASTORE_SYSROOT_LOCAL"] = worker_env["METAFLOW_DATASTORE_SYSROOT_LOCAL"]
+        (base / "client").mkdir()
+        client["_CLIENT_DIR"] = str(base / "client")
+        yield {"env": applier, "base": base, "worker_folder": machine, "client": client}
+    finally:
+        if worker is not None:
+            stop_worker(worker)
+        stop_local_server(applier)
+
+
 def s3_keys(env: Mapping[str, str], bucket: str, prefix: str = "") -> list[str]:
     """Every key in `bucket` under `prefix`, sorted."""
     pages = _s3(env).get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)

@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ROOT, flow_env, mfprefect, run, start_local_server, stop_local_server
-from prefect_stack import all_logs, api, metaflow_run_of, start_worker, stop_worker, wait_flow_run
-from remote_stack import other_machine, s3_server
+from conftest import ROOT, mfprefect, run
+from prefect_stack import all_logs, api, metaflow_run_of, wait_flow_run
+from remote_stack import deployment_stack, s3_server
 
 pytestmark = pytest.mark.slow
 
@@ -29,37 +29,10 @@ DATASTORE_ROOT = f"s3://{BUCKET}/metaflow"
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     base = tmp_path_factory.mktemp("parity")
+    flag = {"RESUME_FLAG": str(base / "worker" / "resume-flag")}
     with s3_server(base / "s3", bucket=BUCKET) as s3:
-        applier = flow_env(base / "applier")
-        applier.pop("METAFLOW_DATASTORE_SYSROOT_LOCAL")
-        applier.update(s3)
-        applier["MFPREFECT_HOME"] = str(base / "applier" / "mfprefect-home")
-        applier["PREFECT_HOME"] = str(base / "applier" / "prefect-home")
-        applier.pop("PREFECT_API_URL", None)
-        worker = None
-        try:
-            applier["PREFECT_API_URL"] = start_local_server(applier)
-            made = run(
-                [sys.executable, "-m", "prefect", "work-pool", "create", POOL, "--type", "process"],
-                env=applier,
-                timeout=60,
-            )
-            assert made.returncode == 0, made.stderr
-            machine = base / "worker"
-            machine.mkdir()
-            worker_env = other_machine(machine, applier, s3_sysroot=False)
-            worker_env["RESUME_FLAG"] = str(machine / "resume-flag")
-            worker = start_worker(machine, POOL, worker_env)
-            client = dict(applier, METAFLOW_DEFAULT_METADATA="local")
-            client["METAFLOW_DATASTORE_SYSROOT_LOCAL"] = worker_env[
-                "METAFLOW_DATASTORE_SYSROOT_LOCAL"
-            ]
-            (base / "client").mkdir()
-            yield {"env": applier, "client": client, "base": base, "worker": machine}
-        finally:
-            if worker is not None:
-                stop_worker(worker)
-            stop_local_server(applier)
+        with deployment_stack(base, POOL, s3, s3_sysroot=False, worker_extra=flag) as found:
+            yield dict(found, worker=found["worker_folder"])
 
 
 def _deploy(stack: dict[str, Any], flow: str) -> Path:

@@ -17,16 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ROOT, flow_env, mfprefect, run, start_local_server, stop_local_server
+from conftest import ROOT, mfprefect, run
 from prefect_stack import (
     all_logs,
     api,
     metaflow_run_of,
-    start_worker,
-    stop_worker,
     wait_flow_run,
 )
-from remote_stack import metadata_service, other_machine, s3_server
+from remote_stack import deployment_stack, metadata_service, s3_server
 from ruamel.yaml import YAML
 
 pytestmark = pytest.mark.slow
@@ -40,34 +38,12 @@ AWS_SECRET = "remote-test-secret-0c4f9a7e"
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    """S3, a metadata service, a Prefect server and a worker in folder B (shares nothing)."""
+    """S3, a metadata service, a Prefect server and a worker in a folder of its own (B)."""
     base = tmp_path_factory.mktemp("remote")
     with s3_server(base / "s3", bucket=BUCKET) as s3, metadata_service(base / "md") as md:
-        s3 = dict(s3, AWS_SECRET_ACCESS_KEY=AWS_SECRET)
-        applier = flow_env(base / "applier")
-        applier.pop("METAFLOW_DATASTORE_SYSROOT_LOCAL")
-        applier.update(s3, **md)
-        applier["MFPREFECT_HOME"] = str(base / "applier" / "mfprefect-home")
-        applier["PREFECT_HOME"] = str(base / "applier" / "prefect-home")
-        applier.pop("PREFECT_API_URL", None)
-        worker = None
-        try:
-            applier["PREFECT_API_URL"] = start_local_server(applier)
-            made = run(
-                [sys.executable, "-m", "prefect", "work-pool", "create", POOL, "--type", "process"],
-                env=applier,
-                timeout=60,
-            )
-            assert made.returncode == 0, made.stderr
-            machine_b = base / "machine-b"
-            machine_b.mkdir()
-            worker_env = other_machine(machine_b, applier)
-            worker = start_worker(machine_b, POOL, worker_env)
-            yield {"env": applier, "base": base, "worker_folder": machine_b}
-        finally:
-            if worker is not None:
-                stop_worker(worker)
-            stop_local_server(applier)
+        services = dict(s3, AWS_SECRET_ACCESS_KEY=AWS_SECRET, **md)
+        with deployment_stack(base, POOL, services) as found:
+            yield found
 
 
 def _project(folder: Path, version: str = "v1") -> Path:
@@ -138,13 +114,8 @@ def _client(env: dict[str, str], flow_run_id: str) -> dict[str, Any]:
 
 
 def _client_env(stack: dict[str, Any]) -> dict[str, str]:
-    env = dict(stack["env"])
-    env["METAFLOW_DATASTORE_SYSROOT_LOCAL"] = str(stack["worker_folder"] / "worker-metadata")
-    env["METAFLOW_DEFAULT_METADATA"] = "local"
-    client_dir = stack["base"] / "client"
-    client_dir.mkdir(exist_ok=True)
-    env["_CLIENT_DIR"] = str(client_dir)
-    return env
+    """Metaflow's client reading the worker's own metadata (its folder `_CLIENT_DIR`)."""
+    return dict(stack["client"])
 
 
 def _wait_running(env: dict[str, str], flow_run_id: str, timeout: float = 120) -> None:

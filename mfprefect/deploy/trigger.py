@@ -66,7 +66,8 @@ def resume(
     manifest = from_data(decode_manifest(found.job_variables["env"][MANIFEST_ENV]), deployment)
     rerun_steps(manifest, step_to_rerun)  # an unknown step is a usage error, said now
     _guarded(lambda: _check_origin_flow_run(found, origin_run_id, manifest.flow_class))
-    origin = read_origin(manifest, origin_run_id, _datastore(manifest, found))
+    # The tasks to clone are the worker's to read; here, that the run is there, and its values.
+    origin = read_origin(manifest, origin_run_id, _datastore(manifest, found), only_parameters=True)
     values = {parameter_key(name): value for name, value in origin.parameters.items()}
     values.update(typed_parameters(deployment, found, pairs))
     values[RESUME_PARAMETER] = {"origin_run_id": origin_run_id, "step_to_rerun": step_to_rerun}

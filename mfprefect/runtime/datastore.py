@@ -142,11 +142,15 @@ class Datastore:
         return TaskRecord(ok, values, listed, cards)
 
     def origin_tasks(
-        self, run_id: str
+        self, run_id: str, only_parameters: bool = False
     ) -> tuple[dict[tuple[str, tuple[int, ...], int], str], dict[str, Any]]:
         """What a resume reuses from run `run_id`: its successful tasks, keyed by (step, foreach
-        indices, nth time at those indices), and the artifacts of its `_parameters` task."""
-        done = self._fds().get_task_datastores(run_id=run_id, allow_not_done=False, mode="r")
+        indices, nth time at those indices), and the artifacts of its `_parameters` task (with
+        `only_parameters`, those alone: a check that the run is there, reading far less)."""
+        steps = ["_parameters"] if only_parameters else None
+        done = self._fds().get_task_datastores(
+            run_id=run_id, steps=steps, allow_not_done=False, mode="r"
+        )
         if not done:
             from ..errors import UsageError
 
@@ -154,20 +158,26 @@ class Datastore:
                 f"no run {self.flow_name}/{run_id} in the datastore at {self.root}",
                 hint="check --clone-run-id, and run from where the original run's datastore is",
             )
+        wanted = {
+            id(ds): (
+                [n for n in ds._objects if not n.startswith("_")]
+                if ds.step_name == "_parameters"
+                else [n for n in ("_task_ok", "_foreach_stack") if n in ds]
+            )
+            for ds in done
+        }
+        values = self._artifacts_of(done, wanted)
         parameters: dict[str, Any] = {}
         grouped: dict[tuple[str, tuple[int, ...]], list[tuple[Any, str]]] = {}
         for ds in done:
+            found = values[id(ds)]
             if ds.step_name == "_parameters":
-                parameters = {
-                    name: ds[name]
-                    for name in getattr(ds, "_objects", {})
-                    if not name.startswith("_")
-                }
+                parameters = found
                 continue
-            if not ds["_task_ok"]:
+            if not found.get("_task_ok"):
                 continue
-            stack = ds["_foreach_stack"] if "_foreach_stack" in ds else []
-            indices = tuple(int(frame.index) for frame in stack or [])
+            stack = found.get("_foreach_stack") or []
+            indices = tuple(int(frame.index) for frame in stack)
             grouped.setdefault((ds.step_name, indices), []).append(
                 (_task_order(ds.task_id), ds.task_id)
             )
@@ -176,6 +186,26 @@ class Datastore:
             for nth, (_, task_id) in enumerate(sorted(tasks)):
                 clones[(step, indices, nth)] = task_id
         return clones, parameters
+
+    def _artifacts_of(
+        self, tasks: Sequence[Any], names: dict[int, list[str]]
+    ) -> dict[int, dict[str, Any]]:
+        """Artifacts of many task datastores (by `id`), loaded in one batch: read one task at a
+        time, each load was its own S3 transfer process, seconds apiece for a wide run."""
+        import pickle
+
+        values: dict[int, dict[str, Any]] = {id(ds): {} for ds in tasks}
+        by_key: dict[str, list[tuple[int, str]]] = {}
+        for ds in tasks:
+            for name in names[id(ds)]:
+                if "pickle" in ds._info.get(name, {}).get("encoding", "gzip+pickle-v2"):
+                    by_key.setdefault(ds._objects[name], []).append((id(ds), name))
+                else:  # another serializer: let the task datastore decode it
+                    values[id(ds)][name] = ds[name]
+        for key, blob in self._fds().ca_store.load_blobs(list(by_key)):
+            for task, name in by_key[key]:
+                values[task][name] = pickle.loads(blob)
+        return values
 
 
 @dataclass

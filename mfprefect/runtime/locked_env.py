@@ -162,7 +162,7 @@ def _uv(args: list[str], env: Mapping[str, str], project: Path) -> None:
 def uv_error(stderr: str) -> str:
     """The line of uv's error output that says what went wrong (uv ends with hints)."""
     lines = [
-        line.strip().lstrip("×╰─▶│ ").removeprefix("Caused by: ").strip()
+        line.strip().lstrip("×├╰─▶│ ").removeprefix("Caused by: ").strip()
         for line in stderr.splitlines()
     ]
     said = [line for line in lines if line and not line.startswith("hint:")]

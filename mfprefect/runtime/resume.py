@@ -55,10 +55,17 @@ def rerun_steps(manifest: Manifest, step: str | None) -> set[str]:
     return found
 
 
-def read_origin(manifest: Manifest, run_id: str, datastore: Datastore | None = None) -> Origin:
-    """The origin run's successful tasks and parameter values; UsageError if it has none."""
+def read_origin(
+    manifest: Manifest,
+    run_id: str,
+    datastore: Datastore | None = None,
+    *,
+    only_parameters: bool = False,
+) -> Origin:
+    """The origin run's successful tasks (none read with `only_parameters`) and parameter
+    values; UsageError if the datastore has no such run."""
     store = datastore or Datastore.for_manifest(manifest)
-    clones, stored = store.origin_tasks(run_id)
+    clones, stored = store.origin_tasks(run_id, only_parameters)
     return Origin(run_id, clones, parameters_from_artifacts(manifest, stored))
 
 
