@@ -140,7 +140,7 @@ class ClusterSteps:
         )
         self.semaphore = asyncio.Semaphore(manifest.deployment.step_slots)
         self.declared: list[str] = []
-        self.reported_steps: set[str] = set()
+        self.reports = step_tasks.StepReports()
 
     def __enter__(self) -> ClusterSteps:
         try:
@@ -195,7 +195,7 @@ class ClusterSteps:
         if spec is not None:
             inspect = {
                 "read": step_tasks.WALK_READS.get(spec.kind, []),
-                "names": step not in self.reported_steps,
+                "names": self.reports.claim(step),
             }
         return {
             "flow": self.manifest.flow_class,
@@ -239,10 +239,14 @@ class ClusterSteps:
             with annotations:
                 future = self.task_runner.submit(prefect_task, parameters={"request": request})
             state = await self._settled(future, f"{self.manifest.flow_class}/{request['pathspec']}")
-        done: dict[str, Any] = await state.aresult()
+        try:
+            done: dict[str, Any] = await state.aresult()
+        except BaseException:
+            if request["inspect"] is not None and request["inspect"]["names"]:
+                self.reports.release(step)
+            raise
         result = engine.TaskResult(done["pathspec"], done["attempt"], done["values"])
-        if spec is not None and step not in self.reported_steps:
-            self.reported_steps.add(step)
+        if request["inspect"] is not None and request["inspect"]["names"]:
             from prefect.artifacts import acreate_markdown_artifact
 
             await acreate_markdown_artifact(

@@ -45,7 +45,7 @@ class PrefectSteps:
         self.unsaved: list[tuple[dict[str, Any], Any]] = []
         self.saver: asyncio.Future[None] | None = None
         self.semaphore = asyncio.Semaphore(manifest.deployment.parallelism)
-        self.reported_steps: set[str] = set()
+        self.reports = step_tasks.StepReports()
 
     async def __call__(
         self,
@@ -86,7 +86,9 @@ class PrefectSteps:
         masked = self.masked
 
         inspect: dict[str, Any] | None = None
+        reports = False
         if step != "_parameters":
+            reports = self.reports.claim(step)
             kind = self.manifest.steps[step].kind
             store = self.datastore
             inspect = {
@@ -96,7 +98,7 @@ class PrefectSteps:
                 "pathspec": pathspec,
                 "attempt": attempt,
                 "read": step_tasks.WALK_READS.get(kind, []),
-                "names": step not in self.reported_steps,
+                "names": reports,
             }
         launched: list[engine.StepProcess] = []
 
@@ -119,11 +121,13 @@ class PrefectSteps:
             self._save_logs(pathspec, attempt, outcome, logger)
             if outcome.returncode == 0 and not outcome.timed_out:
                 record = await self._inspect(inspect, launched)
-        result = step_tasks.judge(self.manifest.flow_class, pathspec, attempt, outcome, record)
-        if record is None:
-            return result
-        if step not in self.reported_steps:
-            self.reported_steps.add(step)
+        try:
+            result = step_tasks.judge(self.manifest.flow_class, pathspec, attempt, outcome, record)
+        except BaseException:
+            if reports:
+                self.reports.release(step)
+            raise
+        if reports and record is not None:
             await self._report_artifacts(step, pathspec, record)
         return result
 

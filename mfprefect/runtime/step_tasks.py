@@ -17,6 +17,24 @@ from .datastore import TaskRecord
 WALK_READS = {"foreach": ["_foreach_num_splits"], "switch": ["_transition"]}
 
 
+class StepReports:
+    """Which task of each step reports the step's artifacts and cards (which costs reads of
+    the datastore): the first one launched, not every task of a foreach launched before any
+    has finished. A claim whose task does not succeed goes to the next task launched."""
+
+    def __init__(self) -> None:
+        self._claimed: set[str] = set()
+
+    def claim(self, step: str) -> bool:
+        if step in self._claimed:
+            return False
+        self._claimed.add(step)
+        return True
+
+    def release(self, step: str) -> None:
+        self._claimed.discard(step)
+
+
 def log_to(logger: Any) -> Any:
     """A step-output callback for `engine.run_process` that writes to a Prefect run logger."""
 
