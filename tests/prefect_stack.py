@@ -30,9 +30,20 @@ def prefect_stack(
     env = flow_env(home)
     env["MFPREFECT_HOME"] = str(home / "mfprefect-home")
     env["PREFECT_HOME"] = str(home / "prefect-home")
-    env.pop("PREFECT_API_URL", None)
     env["_HOME"] = str(home)
-    worker: subprocess.Popen[bytes] | None = None
+    with server_with_pool(env, pool):
+        worker = start_worker(home, pool, dict(env, **(worker_env or {})))
+        try:
+            yield env
+        finally:
+            stop_worker(worker)
+
+
+@contextlib.contextmanager
+def server_with_pool(env: dict[str, str], pool: str) -> Iterator[None]:
+    """mfprefect's local server for `env` (its PREFECT_API_URL is set in `env`) with a process work
+    pool `pool`; the server is stopped when the block exits."""
+    env.pop("PREFECT_API_URL", None)
     try:
         env["PREFECT_API_URL"] = start_local_server(env)
         made = run(
@@ -41,11 +52,8 @@ def prefect_stack(
             timeout=60,
         )
         assert made.returncode == 0, made.stderr
-        worker = start_worker(home, pool, dict(env, **(worker_env or {})))
-        yield env
+        yield
     finally:
-        if worker is not None:
-            stop_worker(worker)
         stop_local_server(env)
 
 

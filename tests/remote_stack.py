@@ -137,38 +137,30 @@ def deployment_stack(
     process pool `pool` and a worker polling it in `base/worker`, in an environment of its own
     (see `other_machine`, plus `worker_extra`). Yields {"env", "base", "worker_folder",
     "client"}; `client` reads runs back through the worker's own metadata folder."""
-    from conftest import flow_env, run, start_local_server, stop_local_server
-    from prefect_stack import start_worker, stop_worker
+    from conftest import flow_env
+    from prefect_stack import server_with_pool, start_worker, stop_worker
 
     applier = flow_env(base / "applier")
     applier.pop("METAFLOW_DATASTORE_SYSROOT_LOCAL")
     applier.update(services)
     applier["MFPREFECT_HOME"] = str(base / "applier" / "mfprefect-home")
     applier["PREFECT_HOME"] = str(base / "applier" / "prefect-home")
-    applier.pop("PREFECT_API_URL", None)
-    worker = None
-    try:
-        applier["PREFECT_API_URL"] = start_local_server(applier)
-        made = run(
-            [sys.executable, "-m", "prefect", "work-pool", "create", pool, "--type", "process"],
-            env=applier,
-            timeout=60,
-        )
-        assert made.returncode == 0, made.stderr
+    with server_with_pool(applier, pool):
         machine = base / "worker"
         machine.mkdir()
         worker_env = other_machine(machine, applier, s3_sysroot=s3_sysroot)
         worker_env.update(worker_extra or {})
         worker = start_worker(machine, pool, worker_env)
-        client = dict(applier, METAFLOW_DEFAULT_METADATA="local")
-        client["METAFLOW_DATASTORE_SYSROOT_LOCAL"] = worker_env["METAFLOW_DATASTORE_SYSROOT_LOCAL"]
-        (base / "client").mkdir()
-        client["_CLIENT_DIR"] = str(base / "client")
-        yield {"env": applier, "base": base, "worker_folder": machine, "client": client}
-    finally:
-        if worker is not None:
+        try:
+            client = dict(applier, METAFLOW_DEFAULT_METADATA="local")
+            client["METAFLOW_DATASTORE_SYSROOT_LOCAL"] = worker_env[
+                "METAFLOW_DATASTORE_SYSROOT_LOCAL"
+            ]
+            (base / "client").mkdir()
+            client["_CLIENT_DIR"] = str(base / "client")
+            yield {"env": applier, "base": base, "worker_folder": machine, "client": client}
+        finally:
             stop_worker(worker)
-        stop_local_server(applier)
 
 
 def s3_keys(env: Mapping[str, str], bucket: str, prefix: str = "") -> list[str]:
