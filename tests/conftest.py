@@ -52,10 +52,10 @@ def flow_cli(
 
 
 def mfprefect(
-    *args: str, env: dict[str, str], cwd: Path | str | None = None
+    *args: str, env: dict[str, str], cwd: Path | str | None = None, timeout: int = 120
 ) -> subprocess.CompletedProcess[str]:
-    """The installed `mfprefect` command, as a real process."""
-    return run([sys.executable, "-m", "mfprefect.cli", *args], env=env, cwd=cwd)
+    """The installed `mfprefect` command, as a real process (`timeout` only guards against a hang)."""
+    return run([sys.executable, "-m", "mfprefect.cli", *args], env=env, cwd=cwd, timeout=timeout)
 
 
 def stop_process_group(process: subprocess.Popen[bytes]) -> None:

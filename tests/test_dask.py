@@ -165,7 +165,9 @@ def test_a_foreach_spreads_over_the_workers_and_the_gpu_step_finds_the_gpu(
     folder = stack["base"] / "local-run"
     manifest = _export(folder, env)
     address = stack["cluster"]["address"]
-    ran = mfprefect("run", str(manifest), "--address", address, env=env, cwd=folder)
+    # 40 foreach tasks on a 2-core machine shared with the other test worker: the timeout only
+    # guards against a hang.
+    ran = mfprefect("run", str(manifest), "--address", address, env=env, cwd=folder, timeout=300)
     assert ran.returncode == 0, ran.stderr[-3000:]
     run_id = _run_id(ran.stderr)
     found = _read(env, run_id, folder)
@@ -373,6 +375,7 @@ def test_a_lost_scheduler_fails_the_run_and_resume_runs_only_the_rest(
         stack["cluster"]["address"],
         env=env,
         cwd=folder,
+        timeout=300,
     )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     found = _read(env, _run_id(resumed.stderr), folder)
