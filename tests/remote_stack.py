@@ -150,14 +150,12 @@ def deployment_stack(
         machine.mkdir()
         worker_env = other_machine(machine, applier, s3_sysroot=s3_sysroot)
         worker_env.update(worker_extra or {})
+        client = dict(applier, METAFLOW_DEFAULT_METADATA="local")
+        client["METAFLOW_DATASTORE_SYSROOT_LOCAL"] = worker_env["METAFLOW_DATASTORE_SYSROOT_LOCAL"]
+        (base / "client").mkdir()
+        client["_CLIENT_DIR"] = str(base / "client")
         worker = start_worker(machine, pool, worker_env)
         try:
-            client = dict(applier, METAFLOW_DEFAULT_METADATA="local")
-            client["METAFLOW_DATASTORE_SYSROOT_LOCAL"] = worker_env[
-                "METAFLOW_DATASTORE_SYSROOT_LOCAL"
-            ]
-            (base / "client").mkdir()
-            client["_CLIENT_DIR"] = str(base / "client")
             yield {"env": applier, "base": base, "worker_folder": machine, "client": client}
         finally:
             stop_worker(worker)
