@@ -9,6 +9,7 @@ import json
 import re
 import shutil
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -358,8 +359,14 @@ def test_a_locked_environment_runs_where_its_packages_are_not_installed(
     flow_run_id = _trigger(env, "LockedFlow", "--name", "broken")
     finished = wait_flow_run(env, flow_run_id, timeout=300)
     assert finished["state"]["type"] in ("FAILED", "CRASHED"), finished["state"]
-    lines = [log["message"] for log in all_logs(env, [flow_run_id])]
-    said = [line for line in lines if "cannot build the locked environment" in line]
+    # The flow run's logs reach the server in batches, possibly after its final state.
+    deadline = time.monotonic() + 30
+    while True:
+        lines = [log["message"] for log in all_logs(env, [flow_run_id])]
+        said = [line for line in lines if "cannot build the locked environment" in line]
+        if said or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
     assert said and "\n" not in said[0] and "99.0.0" in said[0], lines
     tasks = api(env, "POST", "/task_runs/filter", {"flow_runs": {"id": {"any_": [flow_run_id]}}})
     assert tasks == []
