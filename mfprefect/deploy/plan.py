@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..diagnostics import printable
@@ -19,6 +19,7 @@ from .desired import (
     ScheduleSpec,
     decode_manifest,
 )
+from .sets import SET_TAG_PREFIX, set_of, set_tag
 
 FORMAT_VERSION = 1
 
@@ -67,6 +68,10 @@ class LiveDeployment:
                 return str(tag[len(PROJECT_TAG_PREFIX) :])
         return None
 
+    @property
+    def apply_set(self) -> str | None:
+        return set_of(self.fields.get("tags") or [])
+
 
 @dataclass(frozen=True)
 class FieldChange:
@@ -89,6 +94,10 @@ class Change:
 @dataclass
 class Plan:
     changes: list[Change] = field(default_factory=list)
+    # What the plan chose not to do and a reviewer should know (one line each).
+    notes: list[str] = field(default_factory=list)
+    # A digest of the server state it was planned against (a saved plan checks it is unchanged).
+    observed: str = ""
 
     @property
     def pending(self) -> list[Change]:
@@ -125,6 +134,7 @@ class Plan:
                     lines.append(f"    {name}: {_short(item.new)}")
                 elif change.action == "update":
                     lines.append(f"    {name}: {_short(item.old)} -> {_short(item.new)}")
+        lines += [f"note: {note}" for note in self.notes]
         lines.append(self.summary())
         return "\n".join(lines)
 
@@ -144,6 +154,7 @@ class Plan:
                 a: sum(c.action == a for c in self.changes)
                 for a in ("create", "update", "delete", "conflict")
             },
+            "notes": list(self.notes),
         }
 
 
@@ -181,12 +192,20 @@ def plan(
     *,
     prune: bool = False,
     adopt: bool = False,
+    apply_set: str | None = None,
 ) -> Plan:
-    """What to create, update, delete (only owned objects) and what conflicts, in a stable order."""
+    """What to create, update, delete (only owned objects) and what conflicts, in a stable order.
+
+    Objects are written into `apply_set` (with None, each keeps the set it has); `prune` deletes
+    the owned objects of that set that `desired` no longer declares, and needs a set."""
+    if prune and apply_set is None:
+        raise ValueError("prune needs an apply set")
+    live = list(live)
     by_key = {d.key: d for d in live}
-    result = Plan()
-    for spec in sorted(desired, key=lambda s: s.key):
-        current = by_key.get(spec.key)
+    result = Plan(observed=observed_digest(live))
+    for declared in sorted(desired, key=lambda s: s.key):
+        current = by_key.get(declared.key)
+        spec = in_set(declared, apply_set or (current.apply_set if current else None))
         if current is None:
             shown = [FieldChange(f, None, spec.fields.get(f)) for f in SHOWN_ON_CREATE]
             if spec.code is not None:
@@ -254,15 +273,41 @@ def plan(
             )
     if prune:
         wanted = {s.key for s in desired}
-        scope = {s.project for s in desired}
-        for current in sorted(by_key.values(), key=lambda d: d.key):
-            if (
-                current.owned
-                and current.key not in wanted
-                and (not desired or current.project in scope)
-            ):
+        gone = [d for d in by_key.values() if d.owned and d.key not in wanted]
+        for current in sorted(gone, key=lambda d: d.key):
+            if current.apply_set == apply_set:
                 result.changes.append(Change("delete", current.key, live=current))
+        unset = sorted(d.key for d in gone if d.apply_set is None)
+        if unset:
+            result.notes.append(
+                f"{len(unset)} mfprefect deployment(s) in no apply set are left alone by prune: "
+                + ", ".join(unset)
+                + " (apply their manifests once with a set, or `mfprefect delete` them)"
+            )
     return result
+
+
+def observed_digest(live: Iterable[LiveDeployment]) -> str:
+    """The sha256 of everything plan() reads from the server, independent of read order."""
+    import hashlib
+    from dataclasses import asdict
+
+    views = []
+    for deployment in sorted(live, key=lambda d: d.id):
+        view = asdict(deployment)
+        view["schedules"] = sorted(view["schedules"], key=lambda s: s["id"])
+        view["automations"] = sorted(view["automations"], key=lambda a: a["id"])
+        views.append(view)
+    text = json.dumps(views, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def in_set(spec: DeploymentSpec, apply_set: str | None) -> DeploymentSpec:
+    """The spec with its tags naming this apply set (and no other)."""
+    tags = [t for t in spec.fields.get("tags") or [] if not t.startswith(SET_TAG_PREFIX)]
+    if apply_set is not None:
+        tags.append(set_tag(apply_set))
+    return replace(spec, fields={**spec.fields, "tags": sorted(tags)})
 
 
 def _automation_view(automation: AutomationSpec | LiveAutomation) -> dict[str, Any]:
