@@ -33,8 +33,8 @@ class Diagnostic:
         level = "error" if self.severity == ERROR else "warning"
         body = f"{self.path}: {self.message}" if self.path else self.message
         return (
-            f"::{level} file={_gh_prop(self.file)},line={self.line},col={self.col},"
-            f"title={_gh_prop(self.rule)}::{_gh_data(body)}"
+            f"::{level} file={gh_prop(self.file)},line={self.line},col={self.col},"
+            f"title={gh_prop(self.rule)}::{gh_data(body)}"
         )
 
 
@@ -90,11 +90,11 @@ def render(diagnostics: Sequence[Diagnostic], fmt: str) -> str:
 _GH_ESCAPES = {"%": "%25", "\r": "%0D", "\n": "%0A"}
 
 
-def _gh_data(value: str) -> str:
+def gh_data(value: str) -> str:
     """A workflow command's data: GitHub's own escapes for `%` and line ends, and the rest of the
     control characters (a terminal escape would reach the log viewer) as in `printable`."""
     return "".join(_GH_ESCAPES.get(ch) or _printable_char(ch) for ch in value)
 
 
-def _gh_prop(value: str) -> str:
-    return _gh_data(value).replace(":", "%3A").replace(",", "%2C")
+def gh_prop(value: str) -> str:
+    return gh_data(value).replace(":", "%3A").replace(",", "%2C")

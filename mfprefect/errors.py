@@ -41,3 +41,9 @@ class RuntimeFailure(MfprefectError):
     """Something outside the manifest failed: a server, a step, a subprocess."""
 
     exit_code = 3
+
+
+class PlanRejected(MfprefectError):
+    """A saved plan that is not one, or no longer matches the server or the manifests."""
+
+    exit_code = 1
