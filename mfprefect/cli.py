@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from .cli_options import executor_options, resume_options, step_to_rerun_option
-from .errors import MfprefectError, UsageError
+from .errors import MfprefectError, PlanRejected, UsageError
 
 MANIFEST_SUFFIXES = (".yaml", ".yml")
 ERROR_PREFIX = "mfprefect: error: "
@@ -306,84 +306,202 @@ def desired_deployments(paths: tuple[str, ...]) -> list[Any]:
 
 
 def _gitops(
-    paths: tuple[str, ...], *, apply: bool, prune: bool, adopt: bool, output: str, allow_empty: bool
+    paths: tuple[str, ...],
+    *,
+    apply: bool,
+    prune: bool,
+    adopt: bool,
+    fmt: str,
+    allow_empty: bool,
+    set_name: str | None,
+    out: str | None = None,
 ) -> None:
     from .deploy import apply as applier
+    from .deploy import saved, sets
 
+    chosen = None
+    if apply and len(paths) == 1 and paths[0].endswith(".json"):
+        chosen = saved.read(paths[0])
+        if prune or adopt or allow_empty or set_name is not None:
+            raise UsageError(
+                "a saved plan carries its own --set, --prune and --adopt",
+                hint=f"run `mfprefect apply {paths[0]}` alone, or plan again with other options",
+            )
+        paths, prune, adopt, apply_set = chosen.paths, chosen.prune, chosen.adopt, chosen.apply_set
+        allow_empty = True
+        try:
+            files = manifest_files(paths)
+        except UsageError as exc:
+            raise PlanRejected(
+                f"the manifests changed since the plan was made: {exc.message}"
+            ) from None
+        chosen.check_inputs(saved.manifest_digests(files), saved.server_digest(_server_url()))
+    else:
+        apply_set = sets.resolve(set_name, paths)
     specs = desired_deployments(paths)
-    _server_url()
+    url = _server_url()
+    if prune:
+        sets.required(apply_set, "--prune")
     if prune and not specs and not allow_empty:
         raise UsageError(
-            "--prune with no manifests would delete everything mfprefect owns",
+            f"--prune with no manifests would delete everything apply set `{apply_set}` holds",
             hint="pass --allow-empty if you mean it",
         )
     echo = lambda line: click.echo(line, err=True)  # noqa: E731
-    result = applier.run(specs, prune=prune, adopt=adopt, dry_run=not apply, echo=echo)
-    if output == "json":
-        import json
-
-        click.echo(json.dumps(result.as_json(), indent=2, default=str))
-    else:
-        click.echo(result.text())
+    result = applier.run(
+        specs,
+        prune=prune,
+        adopt=adopt,
+        apply_set=apply_set,
+        dry_run=not apply,
+        echo=echo,
+        expect=chosen.check_plan if chosen is not None else None,
+    )
+    if out is not None:
+        plan_file = saved.SavedPlan(
+            paths=paths,
+            manifests=saved.manifest_digests(manifest_files(paths)),
+            server=saved.server_digest(url),
+            apply_set=apply_set,
+            prune=prune,
+            adopt=adopt,
+            observed=result.observed,
+            plan=result.as_json(),
+        )
+        write_text(out, saved.text(plan_file))
+        echo(f"plan saved to {out}: `mfprefect apply {out}` applies exactly it")
+    _render_plan(result, fmt, apply_set)
     if not apply:
         sys.exit(1 if result.pending or result.conflicts else 0)
 
 
+def _render_plan(result: Any, fmt: str, apply_set: str | None) -> None:
+    from .deploy import plan_report
+
+    if fmt == "json":
+        import json
+
+        click.echo(json.dumps(result.as_json(), indent=2, default=str))
+    elif fmt == "markdown":
+        click.echo(plan_report.markdown(result, apply_set), nl=False)
+    elif fmt == "github":
+        click.echo(plan_report.github(result))
+    else:
+        click.echo(result.text())
+
+
 _PATHS = click.argument("paths", nargs=-1, required=True)
-_OUTPUT = click.option(
+_FORMAT = click.option(
+    "--format",
     "--output",
-    type=click.Choice(["text", "json"]),
+    "fmt",
+    type=click.Choice(["text", "json", "markdown", "github"]),
     default="text",
     show_default=True,
-    help="Plan as text or as JSON data.",
+    help="text for people, json for tools, markdown for a pull-request comment, github for "
+    "annotations (--output is the old name).",
 )
 _PRUNE = click.option(
     "--prune",
     is_flag=True,
-    help="Also delete mfprefect-owned deployments (same project) absent from the manifests.",
+    help="Also delete the apply set's mfprefect-owned deployments absent from the manifests.",
 )
 _ADOPT = click.option(
     "--adopt",
     is_flag=True,
     help="Take over deployments of the same name that mfprefect does not own.",
 )
+_SET = click.option(
+    "--set",
+    "set_name",
+    default=None,
+    metavar="NAME",
+    help="The apply set (default: $MFPREFECT_SET, else .mfprefect-set beside the manifests).",
+)
 
 
 @cli.command(name="plan")
 @_PATHS
-@_OUTPUT
+@_FORMAT
 @_PRUNE
 @_ADOPT
-def plan_command(paths: tuple[str, ...], output: str, prune: bool, adopt: bool) -> None:
+@_SET
+@click.option(
+    "--out", default=None, metavar="FILE", help="Save the plan; `apply FILE` applies exactly it."
+)
+def plan_command(
+    paths: tuple[str, ...],
+    fmt: str,
+    prune: bool,
+    adopt: bool,
+    set_name: str | None,
+    out: str | None,
+) -> None:
     """Show what apply would change on the server. Exit 0 no changes, 1 changes pending."""
-    _gitops(paths, apply=False, prune=prune, adopt=adopt, output=output, allow_empty=True)
+    _gitops(
+        paths,
+        apply=False,
+        prune=prune,
+        adopt=adopt,
+        fmt=fmt,
+        allow_empty=True,
+        set_name=set_name,
+        out=out,
+    )
 
 
 @cli.command(name="apply")
 @_PATHS
-@_OUTPUT
+@_FORMAT
 @_PRUNE
 @_ADOPT
-@click.option("--allow-empty", is_flag=True, help="Let --prune delete everything mfprefect owns.")
+@_SET
+@click.option("--allow-empty", is_flag=True, help="Let --prune delete everything in the set.")
 @click.option("--dry-run", is_flag=True, help="Same as plan: change nothing.")
 def apply_command(
-    paths: tuple[str, ...], output: str, prune: bool, adopt: bool, allow_empty: bool, dry_run: bool
+    paths: tuple[str, ...],
+    fmt: str,
+    prune: bool,
+    adopt: bool,
+    set_name: str | None,
+    allow_empty: bool,
+    dry_run: bool,
 ) -> None:
-    """Make the server match the manifests (files or folders). A second apply changes nothing."""
+    """Make the server match the manifests (files or folders), or apply a saved plan (FILE.json).
+    A second apply changes nothing."""
     _gitops(
-        paths, apply=not dry_run, prune=prune, adopt=adopt, output=output, allow_empty=allow_empty
+        paths,
+        apply=not dry_run,
+        prune=prune,
+        adopt=adopt,
+        fmt=fmt,
+        allow_empty=allow_empty,
+        set_name=set_name,
     )
 
 
 @cli.command(name="delete")
-@_PATHS
-def delete_command(paths: tuple[str, ...]) -> None:
-    """Remove the deployments (and their automations) these manifests created."""
+@click.argument("paths", nargs=-1)
+@_SET
+def delete_command(paths: tuple[str, ...], set_name: str | None) -> None:
+    """Remove the deployments (and their automations) these manifests created; with --set and no
+    manifests, everything that apply set holds."""
     from .deploy import apply as applier
+    from .deploy import sets
 
-    specs = desired_deployments(paths)
+    if paths:
+        # Named manifests: their deployments, and only the given set's when --set says so.
+        apply_set = sets.checked_name(set_name, "--set") if set_name is not None else None
+    elif (apply_set := sets.resolve(set_name, ())) is None:
+        raise UsageError(
+            "delete needs manifests, or --set NAME to delete a whole apply set",
+            hint="e.g. mfprefect delete manifests/  or  mfprefect delete --set team-prod",
+        )
+    specs = desired_deployments(paths) if paths else []
     _server_url()
-    removed = applier.delete(specs, echo=lambda line: click.echo(line, err=True))
+    removed = applier.delete(
+        specs, echo=lambda line: click.echo(line, err=True), apply_set=apply_set
+    )
     click.echo(f"deleted {len(removed)} deployment(s)" + ("".join(f"\n  {key}" for key in removed)))
 
 

@@ -174,6 +174,7 @@ def create_command(
 ) -> None:
     from .cli import _server_url
     from .deploy import apply as applier
+    from .deploy import sets
     from .deploy.desired import deployment_for
     from .manifest import from_data
 
@@ -184,7 +185,12 @@ def create_command(
     def create() -> None:
         _server_url()
         spec = deployment_for(from_data(data, _in_memory_path()), data)
-        result = applier.run([spec], adopt=adopt, echo=lambda line: click.echo(line, err=True))
+        result = applier.run(
+            [spec],
+            adopt=adopt,
+            apply_set=sets.resolve(None, ()),  # MFPREFECT_SET, as for `mfprefect apply`
+            echo=lambda line: click.echo(line, err=True),
+        )
         click.echo(result.text(), err=True)
         attributes = {
             "name": spec.key,

@@ -155,7 +155,7 @@ def test_apply_is_idempotent_and_plan_shows_drift(stack: dict[str, str], tmp_pat
 
 def test_prune_touches_only_what_mfprefect_owns(stack: dict[str, str], tmp_path: Path) -> None:
     linear, foreach = _workspace(tmp_path, stack, "linear_flow", "foreach_flow")
-    assert mfprefect("apply", str(linear), str(foreach), env=stack).returncode == 0
+    assert mfprefect("apply", str(linear), str(foreach), "--set", "t", env=stack).returncode == 0
     # Someone else's deployment, made without mfprefect.
     flow_id = _request(stack, "POST", "/flows/", {"name": "HandMade"})["id"]  # type: ignore[index]
     _request(
@@ -164,7 +164,9 @@ def test_prune_touches_only_what_mfprefect_owns(stack: dict[str, str], tmp_path:
         "/deployments/",
         {"name": "keep-me", "flow_id": flow_id, "work_pool_name": POOL},
     )
-    pruned = mfprefect("apply", str(linear), "--prune", env=stack)
+    refused = mfprefect("apply", str(linear), "--prune", env=stack)
+    assert refused.returncode == 2 and "--set" in refused.stderr, refused.stderr
+    pruned = mfprefect("apply", str(linear), "--prune", "--set", "t", env=stack)
     assert pruned.returncode == 0, pruned.stderr
     assert "delete deployment ForeachFlow/ForeachFlow" in pruned.stderr
     assert _deployment(stack, "HandMade/keep-me")["name"] == "keep-me"

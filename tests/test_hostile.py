@@ -63,7 +63,7 @@ MORE_COMMANDS: dict[str, list[str]] = {
     "resume": ["resume", "{m}", "--clone-run-id", "prefect-0"],
     "delete": ["delete", "{m}"],
     "plan-json": ["plan", "--output", "json", "{m}"],
-    "apply-prune": ["apply", "--prune", "--adopt", "{m}"],
+    "apply-prune": ["apply", "--prune", "--adopt", "--set", "ci", "{m}"],
     "apply-dry-run": ["apply", "--dry-run", "{m}"],
 }
 

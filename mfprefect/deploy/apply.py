@@ -36,17 +36,29 @@ def run(
     *,
     prune: bool = False,
     adopt: bool = False,
+    apply_set: str | None = None,
     dry_run: bool = False,
     echo: Echo = lambda _: None,
     build_code: BuildCode | None = None,
+    expect: Callable[[Plan], None] | None = None,
 ) -> Plan:
     """Plan against the server and, unless dry_run, apply; raise RuntimeFailure on any error.
 
+    `expect` sees the plan before anything is written and may refuse it (a saved plan's check).
     Code packages are built and stored (`build_code`) before anything is written to the server,
     so a package that cannot be stored leaves every deployment as it was."""
     build = build_code or store_package
     result: Plan = _guarded(
-        lambda: _run(desired, prune=prune, adopt=adopt, dry_run=dry_run, echo=echo, build=build),
+        lambda: _run(
+            desired,
+            prune=prune,
+            adopt=adopt,
+            apply_set=apply_set,
+            dry_run=dry_run,
+            echo=echo,
+            build=build,
+            expect=expect,
+        ),
         what="apply failed",
         hint="run `mfprefect apply` again: it completes what is missing",
     )
@@ -102,16 +114,20 @@ async def _run(
     *,
     prune: bool,
     adopt: bool,
+    apply_set: str | None,
     dry_run: bool,
     echo: Echo,
     build: BuildCode,
+    expect: Callable[[Plan], None] | None,
 ) -> Plan:
     from prefect.client.orchestration import get_client
 
     async with get_client() as client:
         live = await read_live(client, desired)
         await _check_job_variables(client, desired)
-        result = plan(desired, live, prune=prune, adopt=adopt)
+        result = plan(desired, live, prune=prune, adopt=adopt, apply_set=apply_set)
+        if expect is not None:
+            expect(result)
         if result.conflicts and not dry_run:
             keys = ", ".join(c.key for c in result.conflicts)
             raise RuntimeFailure(
@@ -539,15 +555,27 @@ def _automation_core(spec: DeploymentSpec, automation: AutomationSpec, deploymen
     )
 
 
-def delete(desired: Sequence[DeploymentSpec], echo: Echo = lambda _: None) -> list[str]:
-    """Delete the owned deployments these specs name (and their automations); return their keys."""
+def delete(
+    desired: Sequence[DeploymentSpec],
+    echo: Echo = lambda _: None,
+    apply_set: str | None = None,
+) -> list[str]:
+    """Delete the owned deployments these specs name (and their automations); return their keys.
+
+    With an apply set, only deployments of that set; with a set and no specs, all of the set's."""
+
+    def chosen(live: LiveDeployment) -> bool:
+        if not live.owned or (apply_set is not None and live.apply_set != apply_set):
+            return False
+        return live.key in wanted or (apply_set is not None and not desired)
+
+    wanted = {spec.key for spec in desired}
 
     async def _delete() -> list[str]:
         from prefect.client.orchestration import get_client
 
         async with get_client() as client:
-            wanted = {spec.key for spec in desired}
-            live = [d for d in await read_live(client, desired) if d.key in wanted and d.owned]
+            live = [d for d in await read_live(client, desired) if chosen(d)]
             for current in sorted(live, key=lambda d: d.key):
                 echo(f"delete deployment {current.key}")
                 await _apply_one(client, Change("delete", current.key, live=current))
