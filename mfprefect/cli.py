@@ -37,8 +37,9 @@ def cli() -> None:
     """Run Metaflow pipelines on Prefect through a reviewable pipeline manifest."""
 
 
-def manifest_files(paths: tuple[str, ...]) -> list[tuple[str, str]]:
-    """(path to open, name to show) for every manifest named, folders expanded to their YAML files."""
+def manifest_files(paths: tuple[str, ...], allow_empty: bool = False) -> list[tuple[str, str]]:
+    """(path to open, name to show) for every manifest named, folders expanded to their YAML files;
+    finding none is a usage error unless `allow_empty` (a prune that empties an apply set)."""
     found: list[tuple[str, str]] = []
     for given in paths:
         path = Path(given)
@@ -54,7 +55,7 @@ def manifest_files(paths: tuple[str, ...]) -> list[tuple[str, str]]:
                 f"no such file or folder: {given}",
                 hint="name manifest files or folders that hold them",
             )
-    if not found:
+    if not found and not allow_empty:
         raise UsageError(
             "no manifests found in " + ", ".join(paths), hint="manifests end in .yaml or .yml"
         )
@@ -74,12 +75,17 @@ def manifest_files(paths: tuple[str, ...]) -> list[tuple[str, str]]:
 def validate(paths: tuple[str, ...], fmt: str) -> None:
     """Check manifests offline: schema and graph rules. Exit 0 valid, 1 invalid, 2 usage error."""
     from .diagnostics import ERROR, render
+    from .kinds import duplicate_diagnostics
     from .manifest import check_file
 
-    diagnostics = []
+    diagnostics, docs = [], []
     files = manifest_files(paths)
     for path, shown in files:
-        diagnostics += check_file(path, shown)[1]
+        doc, found = check_file(path, shown)
+        diagnostics += found
+        if doc is not None and not any(d.severity == ERROR for d in found):
+            docs.append(doc)
+    diagnostics += duplicate_diagnostics(docs)
     errors = sum(d.severity == ERROR for d in diagnostics)
     if fmt == "json":
         click.echo(render(diagnostics, "json"))
@@ -276,33 +282,35 @@ def _server_url() -> str:
     return url
 
 
-def desired_deployments(paths: tuple[str, ...]) -> list[Any]:
-    """Every manifest named (folders expanded), validated, as the deployments they should become."""
+def desired_objects(
+    paths: tuple[str, ...], allow_empty: bool = False
+) -> tuple[list[Any], list[Any]]:
+    """Every manifest named (folders expanded), validated: the deployments pipelines should
+    become, and the work pools, limits and variables the other manifests declare."""
     from .deploy.desired import deployment_for
     from .errors import ManifestError
+    from .kinds import PIPELINE, duplicate_diagnostics, kind_of, resource_from_data
     from .manifest import check_file, from_data
 
-    specs = []
+    specs, resources, docs = [], [], []
     problems = []
-    for path, shown in manifest_files(paths):
+    for path, shown in manifest_files(paths, allow_empty):
         doc, diagnostics = check_file(path, shown)
         errors = [d for d in diagnostics if d.severity == "error"]
         if doc is None or errors:
             problems += errors
             continue
-        specs.append(deployment_for(from_data(doc.data, path), doc.data))
+        docs.append(doc)
+        if kind_of(doc.data) == PIPELINE:
+            specs.append(deployment_for(from_data(doc.data, path), doc.data))
+        else:
+            resources.append(resource_from_data(doc.data, shown))
+    problems += duplicate_diagnostics(docs)
     if problems:
         raise ManifestError(
             f"{len(problems)} problem(s) in the manifests; nothing was applied", problems
         )
-    keys = [spec.key for spec in specs]
-    doubled = sorted({key for key in keys if keys.count(key) > 1})
-    if doubled:
-        raise UsageError(
-            f"two manifests make the same deployment: {', '.join(doubled)}",
-            hint="give one a different deployment.name",
-        )
-    return specs
+    return specs, resources
 
 
 def _gitops(
@@ -330,7 +338,7 @@ def _gitops(
         paths, prune, adopt, apply_set = chosen.paths, chosen.prune, chosen.adopt, chosen.apply_set
         allow_empty = True
         try:
-            files = manifest_files(paths)
+            files = manifest_files(paths, allow_empty=True)
         except UsageError as exc:
             raise PlanRejected(
                 f"the manifests changed since the plan was made: {exc.message}"
@@ -338,11 +346,11 @@ def _gitops(
         chosen.check_inputs(saved.manifest_digests(files), saved.server_digest(_server_url()))
     else:
         apply_set = sets.resolve(set_name, paths)
-    specs = desired_deployments(paths)
+    specs, resources = desired_objects(paths, allow_empty=prune and allow_empty)
     url = _server_url()
     if prune:
         sets.required(apply_set, "--prune")
-    if prune and not specs and not allow_empty:
+    if prune and not specs and not resources and not allow_empty:
         raise UsageError(
             f"--prune with no manifests would delete everything apply set `{apply_set}` holds",
             hint="pass --allow-empty if you mean it",
@@ -356,11 +364,12 @@ def _gitops(
         dry_run=not apply,
         echo=echo,
         expect=chosen.check_plan if chosen is not None else None,
+        resources=resources,
     )
     if out is not None:
         plan_file = saved.SavedPlan(
             paths=paths,
-            manifests=saved.manifest_digests(manifest_files(paths)),
+            manifests=saved.manifest_digests(manifest_files(paths, allow_empty=True)),
             server=saved.server_digest(url),
             apply_set=apply_set,
             prune=prune,
@@ -497,12 +506,15 @@ def delete_command(paths: tuple[str, ...], set_name: str | None) -> None:
             "delete needs manifests, or --set NAME to delete a whole apply set",
             hint="e.g. mfprefect delete manifests/  or  mfprefect delete --set team-prod",
         )
-    specs = desired_deployments(paths) if paths else []
+    specs, resources = desired_objects(paths) if paths else ([], [])
     _server_url()
     removed = applier.delete(
-        specs, echo=lambda line: click.echo(line, err=True), apply_set=apply_set
+        specs,
+        echo=lambda line: click.echo(line, err=True),
+        apply_set=apply_set,
+        resources=resources,
     )
-    click.echo(f"deleted {len(removed)} deployment(s)" + ("".join(f"\n  {key}" for key in removed)))
+    click.echo(f"deleted {len(removed)} object(s)" + ("".join(f"\n  {key}" for key in removed)))
 
 
 @cli.command(name="trigger")

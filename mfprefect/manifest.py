@@ -14,7 +14,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from . import cron, yamlsafe
+from . import cron, kinds, yamlsafe
 from .diagnostics import ERROR, WARNING, Diagnostic, did_you_mean
 from .errors import ManifestError, UsageError
 
@@ -334,6 +334,12 @@ def load(path: str, display: str | None = None) -> Manifest:
             diagnostics,
             hint=f"run `mfprefect validate {display or path}` for the list",
         )
+    kind = kinds.kind_of(doc.data)
+    if kind != kinds.PIPELINE:
+        raise ManifestError(
+            f"{display or path}: a {kind} manifest declares a workspace object, not a pipeline",
+            hint="run, compile and graph take a Pipeline manifest; plan and apply take both",
+        )
     return from_data(doc.data, path)
 
 
@@ -346,7 +352,9 @@ def check_file(
     except yamlsafe.LoadError as exc:
         return None, yamlsafe.problems_of(exc)
     diagnostics = validate_document(doc)
-    if not any(d.severity == ERROR for d in diagnostics):
+    if kinds.kind_of(doc.data) == kinds.PIPELINE and not any(
+        d.severity == ERROR for d in diagnostics
+    ):
         diagnostics += _flow_file_warnings(doc, Path(path).resolve().parent)
     return doc, sorted(set(diagnostics))
 
@@ -437,7 +445,11 @@ def validate_document(doc: yamlsafe.Document) -> list[Diagnostic]:
             )
         ]
     diagnostics = list(_schema_diagnostics(doc))
-    diagnostics += _rule_diagnostics(doc)
+    kind = kinds.kind_of(doc.data)
+    if kind == kinds.PIPELINE:
+        diagnostics += _rule_diagnostics(doc)
+    elif kind in kinds.RESOURCE_KINDS:
+        diagnostics += kinds.resource_rules(doc)
     return diagnostics
 
 

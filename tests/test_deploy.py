@@ -309,7 +309,9 @@ def test_errors_are_one_line_with_the_right_exit_code(
     assert "Traceback" not in down.stderr
     no_pool = _workspace(tmp_path / "..", stack, "switch_flow", pool="no-such-pool")[0]
     missing = mfprefect("apply", str(no_pool), env=stack)
-    assert missing.returncode == 3 and "work pool `no-such-pool` does not exist" in missing.stderr
+    # A pool nobody has is a plan error (exit 1) at the manifest's line, before any write.
+    assert missing.returncode == 1 and "work pool `no-such-pool` does not exist" in missing.stderr
+    assert "deployment.work_pool" in missing.stderr
     broken = tmp_path / "broken.yaml"
     broken.write_text(linear.read_text().replace("kind: linear", "kind: linearr", 1))
     invalid = mfprefect("apply", str(broken), env=stack)

@@ -584,11 +584,11 @@ def test_mutants_are_refused_alike_or_compile_as_data(closed_port: int, data: An
         with contextlib.redirect_stdout(shown), pytest.raises(SystemExit) as exited:
             compiled_main(carried, str(box.folder / "out.py"), ["--help"])
         assert exited.value.code == 0, shown.getvalue()
-        from mfprefect.cli import desired_deployments
+        from mfprefect.cli import desired_objects
         from mfprefect.errors import UsageError
 
         with contextlib.suppress(UsageError):
-            desired_deployments((str(manifest),))
+            desired_objects((str(manifest),))
 
 
 def test_compiled_file_keeps_odd_names_and_help_text_as_data(

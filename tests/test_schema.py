@@ -53,9 +53,10 @@ def test_every_object_is_closed() -> None:
             if isinstance(node["additionalProperties"], dict):
                 assert "propertyNames" in node, f"{where}: a name-keyed map must constrain its keys"
             continue
-        # The kind unions (triggers, deployment.code): closed by each `kind` branch, which they
-        # must route every kind to.
-        assert where in ("#/$defs/trigger", "#/$defs/code", "#/$defs/executor"), f"{where} is open"
+        # The kind unions (the manifest itself, triggers, deployment.code): closed by each `kind`
+        # branch, which they must route every kind to.
+        unions = ("#", "#/$defs/trigger", "#/$defs/code", "#/$defs/executor")
+        assert where in unions, f"{where} is open"
         kinds = node["properties"]["kind"]["enum"]
         routed = [branch["if"]["properties"]["kind"]["const"] for branch in node["allOf"]]
         assert sorted(kinds) == sorted(routed)

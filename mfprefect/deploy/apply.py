@@ -1,5 +1,6 @@
-"""The only module that writes deployments to a Prefect server: read live state, plan, apply
-the plan (flow runs are started by `trigger`)."""
+"""Read live state, plan, apply the plan: the only module that writes deployments to a Prefect
+server (work pools, limits and variables are written by apply_workspace, which it calls; flow
+runs are started by `trigger`)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,12 @@ from dataclasses import replace
 from typing import Any
 
 from ..errors import ManifestError, MfprefectError, RuntimeFailure
+from ..kinds import LABELS, WORK_POOL, Resource
+from . import apply_workspace
 from .code import CodeRef, code_env, package_ref
 from .desired import OWNER_TAG, AutomationSpec, DeploymentSpec
 from .plan import Change, LiveAutomation, LiveDeployment, LiveSchedule, Plan, plan
+from .resources import ResourceSpec, spec_for
 
 # Stores a deployment's code package and says where it is (see mfprefect.package).
 BuildCode = Callable[[DeploymentSpec], CodeRef]
@@ -41,6 +45,7 @@ def run(
     echo: Echo = lambda _: None,
     build_code: BuildCode | None = None,
     expect: Callable[[Plan], None] | None = None,
+    resources: Sequence[Resource] = (),
 ) -> Plan:
     """Plan against the server and, unless dry_run, apply; raise RuntimeFailure on any error.
 
@@ -58,6 +63,7 @@ def run(
             echo=echo,
             build=build,
             expect=expect,
+            resources=resources,
         ),
         what="apply failed",
         hint="run `mfprefect apply` again: it completes what is missing",
@@ -119,29 +125,53 @@ async def _run(
     echo: Echo,
     build: BuildCode,
     expect: Callable[[Plan], None] | None,
+    resources: Sequence[Resource],
 ) -> Plan:
     from prefect.client.orchestration import get_client
 
     async with get_client() as client:
+        declared = await _resource_specs(resources)
         live = await read_live(client, desired)
-        await _check_job_variables(client, desired)
-        result = plan(desired, live, prune=prune, adopt=adopt, apply_set=apply_set)
+        live_resources, server_pools = await apply_workspace.read_live(client, declared)
+        await _check_job_variables(client, desired, declared)
+        result = plan(
+            desired,
+            live,
+            prune=prune,
+            adopt=adopt,
+            apply_set=apply_set,
+            resources=declared,
+            live_resources=live_resources,
+        )
+        apply_workspace.check(result.changes, declared, desired, server_pools)
         if expect is not None:
             expect(result)
         if result.conflicts and not dry_run:
-            keys = ", ".join(c.key for c in result.conflicts)
+            keys = ", ".join(c.label for c in result.conflicts)
             raise RuntimeFailure(
-                f"deployment(s) not managed by mfprefect already exist: {keys}",
+                f"object(s) not managed by mfprefect already exist: {keys}",
                 hint="rename yours, delete theirs, or pass --adopt to take them over",
             )
         if not dry_run:
-            await _check_pools(client, [c.spec for c in result.pending if c.spec is not None])
             code = await _store_packages(result.pending, build, echo)
             total = len(result.pending)
             for number, change in enumerate(result.pending, start=1):
-                echo(f"[{number}/{total}] {change.action} deployment {change.key}")
-                await _apply_one(client, change, code.get(change.key))
+                echo(f"[{number}/{total}] {change.action} {change.label}")
+                if change.kind == "deployment":
+                    await _apply_one(client, change, code.get(change.key))
+                else:
+                    await apply_workspace.apply_one(client, change)
         return result
+
+
+async def _resource_specs(resources: Sequence[Resource]) -> list[ResourceSpec]:
+    """The manifests' pools, limits and variables; pools with their type's job template."""
+    types = [str(r.spec["type"]) for r in resources if r.kind == WORK_POOL]
+    templates = await apply_workspace.base_templates(types) if types else {}
+    return [
+        spec_for(r, templates.get(str(r.spec["type"])) if r.kind == WORK_POOL else None)
+        for r in resources
+    ]
 
 
 # Package builds run at once, this many at a time (each is a short-lived `python flow.py`).
@@ -200,13 +230,21 @@ def _needs_code(change: Change) -> bool:
     return change.action == "create" or any(f.field == "code" for f in change.changes)
 
 
-async def _check_job_variables(client: Any, desired: Sequence[DeploymentSpec]) -> None:
-    """Every job variable a manifest sets must be one its work pool's job template declares."""
+async def _check_job_variables(
+    client: Any, desired: Sequence[DeploymentSpec], declared: Sequence[ResourceSpec] = ()
+) -> None:
+    """Every job variable a manifest sets must be one its work pool's job template declares
+    (the template a WorkPool manifest gives it, else the server's pool's)."""
     from ..diagnostics import did_you_mean
     from ..manifest import check_file
     from .plan import user_job_variables
+    from .resources import template_variables
 
-    templates: dict[str, set[str] | None] = {}
+    templates: dict[str, set[str] | None] = {
+        r.name: set(template_variables(r.base_template)) | set(r.declared)
+        for r in declared
+        if r.kind == WORK_POOL and r.base_template is not None
+    }
     problems = []
     for spec in desired:
         given = user_job_variables(spec.fields.get("job_variables"))
@@ -369,19 +407,6 @@ def _live(deployment: Any, flow_name: str) -> LiveDeployment:
         for s in deployment.schedules or []
     )
     return LiveDeployment(str(deployment.id), flow_name, deployment.name, fields, schedules)
-
-
-async def _check_pools(client: Any, specs: Sequence[DeploymentSpec]) -> None:
-    from prefect.exceptions import ObjectNotFound
-
-    for pool in sorted({str(s.fields["work_pool_name"]) for s in specs}):
-        try:
-            await client.read_work_pool(pool)
-        except ObjectNotFound:
-            raise RuntimeFailure(
-                f"work pool `{pool}` does not exist on the server",
-                hint=f"create it: prefect work-pool create {pool} --type process",
-            ) from None
 
 
 def _with_code(fields: dict[str, Any], ref: CodeRef) -> dict[str, Any]:
@@ -559,27 +584,48 @@ def delete(
     desired: Sequence[DeploymentSpec],
     echo: Echo = lambda _: None,
     apply_set: str | None = None,
+    resources: Sequence[Resource] = (),
 ) -> list[str]:
-    """Delete the owned deployments these specs name (and their automations); return their keys.
-
-    With an apply set, only deployments of that set; with a set and no specs, all of the set's."""
-
-    def chosen(live: LiveDeployment) -> bool:
-        if not live.owned or (apply_set is not None and live.apply_set != apply_set):
-            return False
-        return live.key in wanted or (apply_set is not None and not desired)
-
+    """Delete the owned objects these manifests name (deployments with their automations, work
+    pools, limits, variables); return what was deleted. With an apply set, only objects of that
+    set; with a set and no manifests, all of the set's: deployments first, then pools last."""
+    everything = apply_set is not None and not desired and not resources
     wanted = {spec.key for spec in desired}
+    named = {(r.kind, r.name) for r in resources}
+
+    def chosen(owned: bool, in_set: str | None, key: Any, listed: set[Any]) -> bool:
+        if not owned or (apply_set is not None and in_set != apply_set):
+            return False
+        return key in listed or everything
 
     async def _delete() -> list[str]:
         from prefect.client.orchestration import get_client
 
+        from .resources import ORDER
+
         async with get_client() as client:
-            live = [d for d in await read_live(client, desired) if chosen(d)]
+            declared = [spec_for(r) for r in resources]
+            live = [
+                d
+                for d in await read_live(client, desired)
+                if chosen(d.owned, d.apply_set, d.key, wanted)
+            ]
+            others = [
+                r
+                for r in (await apply_workspace.read_live(client, declared))[0]
+                if chosen(r.owned, r.apply_set, (r.kind, r.name), named)
+            ]
+            removed = []
             for current in sorted(live, key=lambda d: d.key):
                 echo(f"delete deployment {current.key}")
                 await _apply_one(client, Change("delete", current.key, live=current))
-            return [d.key for d in live]
+                removed.append(f"deployment {current.key}")
+            for other in sorted(others, key=lambda r: (-ORDER.index(r.kind), r.name)):
+                change = Change("delete", other.key, kind=LABELS[other.kind], live_resource=other)
+                echo(f"delete {change.label}")
+                await apply_workspace.apply_one(client, change)
+                removed.append(change.label)
+            return removed
 
     return _guarded(_delete)
 

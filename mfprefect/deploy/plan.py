@@ -8,7 +8,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..diagnostics import printable
+from ..kinds import LABELS
 from ..manifest import RESERVED_ENV_PREFIXES
+from . import resources
 from .code import live_digest
 from .desired import (
     MANIFEST_ENV,
@@ -19,6 +21,7 @@ from .desired import (
     ScheduleSpec,
     decode_manifest,
 )
+from .resources import LiveResource, ResourceSpec
 from .sets import SET_TAG_PREFIX, set_of, set_tag
 
 FORMAT_VERSION = 1
@@ -89,6 +92,24 @@ class Change:
     live: LiveDeployment | None = None
     schedule_ops: tuple[tuple[str, ScheduleSpec | None, LiveSchedule | None], ...] = ()
     automation_ops: tuple[tuple[str, AutomationSpec | None, LiveAutomation | None], ...] = ()
+    # What kind of object: "deployment", "work pool", "concurrency limit" or "variable"; the
+    # last three carry their desired and live forms here instead of in spec and live.
+    kind: str = "deployment"
+    resource: ResourceSpec | None = None
+    live_resource: LiveResource | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.kind} {self.key}"
+
+    @property
+    def source_path(self) -> str | None:
+        """The manifest file this change comes from, when there is one."""
+        if self.resource is not None:
+            return self.resource.path
+        if self.spec is not None and self.spec.source is not None:
+            return self.spec.source.path
+        return None
 
 
 @dataclass
@@ -122,10 +143,10 @@ class Plan:
             marker = {"create": "+", "update": "~", "delete": "-", "conflict": "!"}[change.action]
             if change.action == "conflict":
                 lines.append(
-                    f"! deployment {change.key}: exists and is not managed by mfprefect (--adopt takes it over)"
+                    f"! {change.label}: exists and is not managed by mfprefect (--adopt takes it over)"
                 )
                 continue
-            lines.append(f"{marker} {change.action} deployment {change.key}")
+            lines.append(f"{marker} {change.action} {change.label}")
             for item in change.changes:
                 # Field names can hold manifest keys (a config value's own keys): one line each,
                 # so a key cannot forge plan lines or terminal escapes in a reviewed CI log.
@@ -144,7 +165,7 @@ class Plan:
             "changes": [
                 {
                     "action": c.action,
-                    "kind": "deployment",
+                    "kind": c.kind.replace(" ", "_"),
                     "key": c.key,
                     "fields": [{"field": f.field, "old": f.old, "new": f.new} for f in c.changes],
                 }
@@ -193,16 +214,25 @@ def plan(
     prune: bool = False,
     adopt: bool = False,
     apply_set: str | None = None,
+    resources: Sequence[ResourceSpec] = (),
+    live_resources: Iterable[LiveResource] = (),
 ) -> Plan:
-    """What to create, update, delete (only owned objects) and what conflicts, in a stable order.
+    """What to create, update, delete (only owned objects) and what conflicts, in a stable order:
+    work pools, limits and variables first, then deployments, then the deletions of the former
+    (so pools exist before the deployments that use them and go after them).
 
     Objects are written into `apply_set` (with None, each keeps the set it has); `prune` deletes
     the owned objects of that set that `desired` no longer declares, and needs a set."""
     if prune and apply_set is None:
         raise ValueError("prune needs an apply set")
     live = list(live)
+    live_resources = list(live_resources)
     by_key = {d.key: d for d in live}
-    result = Plan(observed=observed_digest(live))
+    result = Plan(observed=observed_digest(live, live_resources))
+    before, after = _resource_changes(
+        resources, live_resources, prune=prune, adopt=adopt, apply_set=apply_set, notes=result.notes
+    )
+    result.changes += before
     for declared in sorted(desired, key=lambda s: s.key):
         current = by_key.get(declared.key)
         spec = in_set(declared, apply_set or (current.apply_set if current else None))
@@ -284,15 +314,94 @@ def plan(
                 + ", ".join(unset)
                 + " (apply their manifests once with a set, or `mfprefect delete` them)"
             )
+    result.changes += after
     return result
 
 
-def observed_digest(live: Iterable[LiveDeployment]) -> str:
+def _resource_changes(
+    desired: Sequence[ResourceSpec],
+    live: Sequence[LiveResource],
+    *,
+    prune: bool,
+    adopt: bool,
+    apply_set: str | None,
+    notes: list[str],
+) -> tuple[list[Change], list[Change]]:
+    """Changes to pools, limits and variables: (written before deployments, deleted after)."""
+    order = {kind: n for n, kind in enumerate(resources.ORDER)}
+    by_id = {(r.kind, r.name): r for r in live}
+    before: list[Change] = []
+    for declared in sorted(desired, key=lambda r: (order[r.kind], r.name)):
+        label = LABELS[declared.kind]
+        current = by_id.get((declared.kind, declared.name))
+        wanted_set = apply_set or (current.apply_set if current is not None else None)
+        spec = resources.with_set(declared, wanted_set)
+        if current is None:
+            shown = [
+                FieldChange(name, None, value)
+                for name, value in spec.fields.items()
+                if name != "job_variables"
+            ]
+            shown += [
+                FieldChange(f"job_variables.{name}", None, spec.fields["job_variables"][name])
+                for name in spec.declared
+            ]
+            if declared.kind in resources.marked_kinds():
+                shown.append(FieldChange("apply_set", None, wanted_set))
+            before.append(Change("create", spec.key, tuple(shown), kind=label, resource=spec))
+            continue
+        if not current.owned and not adopt:
+            before.append(
+                Change("conflict", spec.key, kind=label, resource=spec, live_resource=current)
+            )
+            continue
+        diffs = [FieldChange(n, old, new) for n, old, new in resources.field_diffs(spec, current)]
+        if declared.kind in resources.marked_kinds() and (
+            not current.owned or current.apply_set != wanted_set
+        ):
+            diffs.append(
+                FieldChange("apply_set", current.apply_set if current.owned else None, wanted_set)
+            )
+        if diffs:
+            before.append(
+                Change(
+                    "update",
+                    spec.key,
+                    tuple(diffs),
+                    kind=label,
+                    resource=spec,
+                    live_resource=current,
+                )
+            )
+    after: list[Change] = []
+    if prune:
+        wanted = {(r.kind, r.name) for r in desired}
+        gone = [r for r in live if r.owned and (r.kind, r.name) not in wanted]
+        for current in sorted(gone, key=lambda r: (-order[r.kind], r.name)):
+            if current.apply_set == apply_set:
+                after.append(
+                    Change("delete", current.key, kind=LABELS[current.kind], live_resource=current)
+                )
+        unset = sorted(f"{LABELS[r.kind]} {r.name}" for r in gone if r.apply_set is None)
+        if unset:
+            notes.append(
+                f"{len(unset)} mfprefect object(s) in no apply set are left alone by prune: "
+                + ", ".join(unset)
+                + " (apply their manifests once with a set, or `mfprefect delete` them)"
+            )
+    return before, after
+
+
+def observed_digest(
+    live: Iterable[LiveDeployment], live_resources: Iterable[LiveResource] = ()
+) -> str:
     """The sha256 of everything plan() reads from the server, independent of read order."""
     import hashlib
     from dataclasses import asdict
 
-    views = []
+    views: list[Any] = [
+        asdict(r) for r in sorted(live_resources, key=lambda r: (r.kind, r.name, r.id))
+    ]
     for deployment in sorted(live, key=lambda d: d.id):
         view = asdict(deployment)
         view["schedules"] = sorted(view["schedules"], key=lambda s: s["id"])
