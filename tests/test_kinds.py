@@ -209,3 +209,15 @@ def test_marker_names_are_prefect_variable_names_and_distinct() -> None:
     }
     assert len(names) == 6
     assert all(re.fullmatch(r"[a-z0-9_-]+", n) and len(n) < 255 for n in names)
+
+
+def test_pull_request_reports_name_each_kind_and_its_file() -> None:
+    from mfprefect.deploy import plan_report
+
+    made = plan([], [], resources=[_resource("gpu-pool.yaml")], apply_set="ws")
+    markdown = plan_report.markdown(made, "ws")
+    assert "**1 to add, 0 to change, 0 to delete**" in markdown
+    assert "<code>+</code> add work pool <code>gpu</code>" in markdown
+    assert "+ job_variables.stream_output: true" in markdown
+    github = plan_report.github(made)
+    assert "::notice file=m/gpu-pool.yaml,line=1,title=mfprefect plan::add work pool gpu" in github

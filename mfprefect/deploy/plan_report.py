@@ -39,7 +39,7 @@ def markdown(plan: Plan, apply_set: str | None = None) -> str:
 def _object(change: Change) -> list[str]:
     head = (
         f"<details><summary><code>{_MARKERS[change.action]}</code> {_WORDS[change.action]} "
-        f"deployment <code>{html.escape(printable(change.key))}</code></summary>"
+        f"{change.kind} <code>{html.escape(printable(change.key))}</code></summary>"
     )
     lines = []
     if change.action == "conflict":
@@ -47,7 +47,11 @@ def _object(change: Change) -> list[str]:
             "! exists on the server and is not managed by mfprefect (--adopt takes it over)"
         )
     elif change.action == "delete":
-        lines.append("- deployment and its schedules and automations")
+        lines.append(
+            "- deployment and its schedules and automations"
+            if change.kind == "deployment"
+            else f"- {change.kind}"
+        )
     for item in change.changes:
         name = printable(item.field)
         if change.action == "update":
@@ -97,12 +101,8 @@ def github(plan: Plan) -> str:
     for change in plan.changes:
         level = "error" if change.action == "conflict" else "notice"
         fields = ", ".join(f.field for f in change.changes) if change.action == "update" else ""
-        body = f"{_WORDS[change.action]} deployment {change.key}" + (
-            f": {fields}" if fields else ""
-        )
-        where = ""
-        if change.spec is not None and change.spec.source is not None and change.spec.source.path:
-            where = f"file={gh_prop(change.spec.source.path)},line=1,"
+        body = f"{_WORDS[change.action]} {change.label}" + (f": {fields}" if fields else "")
+        where = f"file={gh_prop(change.source_path)},line=1," if change.source_path else ""
         lines.append(f"::{level} {where}title=mfprefect plan::{gh_data(body)}")
     lines += [f"::warning title=mfprefect plan::{gh_data(note)}" for note in plan.notes]
     lines.append(f"::notice title=mfprefect plan::{gh_data(summary_line(plan))}")
