@@ -3,6 +3,7 @@
     python benchmarks/run.py [--repeat 5] [--only linear,foreach20,...,deploy,resume] [--readme]
     python benchmarks/run.py --repeat 1 --only dask     # writes benchmarks/RESULTS-dask.md
     python benchmarks/run.py --repeat 3 --only resume   # writes benchmarks/RESULTS-resume.md
+    python benchmarks/run.py --repeat 3 --only workspace   # writes benchmarks/RESULTS-workspace.md
 
 Writes benchmarks/RESULTS.md (and, with --readme, the table between the markers in README.md).
 Each workload runs in fresh temporary folders; peak memory is the RSS of the whole process tree,
@@ -367,6 +368,118 @@ def bench_gitops(repeat: int, work: Path) -> list[Row]:
     rows.append(plan_row)
     local_server.stop_server()
     return rows
+
+
+def bench_workspace(repeat: int, work: Path) -> list[Row]:
+    """plan and apply with nothing to change: 200 pipelines, 10 work pools and 10 concurrency
+    limits against one pipeline; then the writes a second apply made, by the server's `updated`."""
+    from mfprefect.runtime import local_server
+
+    env = base_env(work)
+    os.environ["MFPREFECT_HOME"] = env["MFPREFECT_HOME"]
+    env["PREFECT_API_URL"] = local_server.ensure_server()
+    subprocess.run(
+        [sys.executable, "-m", "prefect", "work-pool", "create", "bench", "--type", "process"],
+        env=env,
+        capture_output=True,
+        check=True,
+    )
+    shutil.copy(ROOT / "examples" / "linear_flow.py", work / "linear_flow.py")
+    base = (
+        (ROOT / "examples" / "linear_flow.yaml")
+        .read_text()
+        .replace("file: linear_flow.py", "file: ../linear_flow.py")
+        .replace("  environment: {}\n", "  environment: {}\n  code:\n    kind: path\n", 1)
+    )
+    big, one = work / "big", work / "one"
+    for folder in (big, one):
+        folder.mkdir()
+    (one / "m.yaml").write_text(
+        base.replace("  work_pool: null", "  work_pool: bench").replace(
+            "  name: null", "  name: one"
+        )
+    )
+    for i in range(10):
+        (big / f"pool{i}.yaml").write_text(
+            f"apiVersion: mfprefect/v1\nkind: WorkPool\nmetadata:\n  name: pool{i}\n"
+            "spec:\n  type: process\n  concurrency_limit: 4\n"
+        )
+        (big / f"limit{i}.yaml").write_text(
+            f"apiVersion: mfprefect/v1\nkind: ConcurrencyLimit\nmetadata:\n  name: limit{i}\n"
+            "spec:\n  limit: 2\n"
+        )
+    for i in range(200):
+        (big / f"m{i}.yaml").write_text(
+            base.replace("  work_pool: null", f"  work_pool: pool{i % 10}").replace(
+                "  name: null", f"  name: big-{i}"
+            )
+        )
+    for folder in (one, big):
+        first = subprocess.run(
+            [sys.executable, "-m", "mfprefect.cli", "apply", str(folder), "--set", folder.name],
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        if first.returncode != 0:
+            raise RuntimeError(first.stderr)
+    rows = []
+    for verb in ("plan", "apply"):
+        row = Row(
+            f"{verb} with nothing to change: 200 pipelines + 10 pools + 10 limits vs 1 pipeline",
+            f"mfprefect {verb} (220 manifests)",
+            f"mfprefect {verb} (1)",
+            note="target: at most 3x",
+        )
+        alternate(
+            row,
+            repeat,
+            lambda verb=verb: _measure_any(  # type: ignore[misc]
+                [sys.executable, "-m", "mfprefect.cli", verb, str(big), "--set", "big"], env, work
+            ),
+            lambda verb=verb: _measure_any(  # type: ignore[misc]
+                [sys.executable, "-m", "mfprefect.cli", verb, str(one), "--set", "one"], env, work
+            ),
+        )
+        rows.append(row)
+    url = env["PREFECT_API_URL"]
+    before = _updated_fields(url)
+    subprocess.run(
+        [sys.executable, "-m", "mfprefect.cli", "apply", str(big), "--set", "big"],
+        env=env,
+        capture_output=True,
+        check=True,
+    )
+    writes = sum(before[k] != v for k, v in _updated_fields(url).items())
+    rows[-1].note += f"; objects the last apply wrote (by `updated`): {writes} of {len(before)}"
+    local_server.stop_server()
+    return rows
+
+
+def _updated_fields(url: str) -> dict[str, str]:
+    """Every deployment's, work pool's, limit's and variable's `updated`, by kind and id."""
+    import urllib.request
+
+    found = {}
+    for path in (
+        "/deployments/filter",
+        "/work_pools/filter",
+        "/v2/concurrency_limits/filter",
+        "/variables/filter",
+    ):
+        offset = 0
+        while True:
+            body = json.dumps({"limit": 200, "offset": offset}).encode()
+            request = urllib.request.Request(
+                url + path, body, {"Content-Type": "application/json"}, method="POST"
+            )
+            with urllib.request.urlopen(request) as answer:  # noqa: S310 - the local server
+                page = json.loads(answer.read())
+            found.update({f"{path}:{o['id']}": o["updated"] for o in page})
+            if len(page) < 200:
+                break
+            offset += 200
+    return found
 
 
 def _s3(work: Path) -> tuple[subprocess.Popen[bytes], dict[str, str]]:
@@ -860,6 +973,8 @@ def main() -> int:
             rows.append(bench_validate(args.repeat, _fresh(work / "validate")))
         if "gitops" in only:
             rows += bench_gitops(args.repeat, _fresh(work / "gitops"))
+        if "workspace" in only:
+            rows += bench_workspace(args.repeat, _fresh(work / "workspace"))
         if "deploy" in only:
             rows += bench_deploy(args.repeat, _fresh(work / "deploy"))
         if "resume" in only:

@@ -71,8 +71,9 @@ class SavedPlan:
         """Refuse when the server changed since the plan, or the plan would now differ."""
         if fresh.observed != self.observed:
             raise PlanRejected(
-                "the server changed since the plan was made (a deployment, schedule or "
-                "automation it reads was edited, added or deleted); nothing was applied",
+                "the server changed since the plan was made (a deployment, schedule, "
+                "automation, work pool, limit or variable it reads was edited, added or "
+                "deleted); nothing was applied",
                 hint="make a new plan (`mfprefect plan ... --out FILE`) and review it",
             )
         if _canonical(fresh.as_json()) != _canonical(self.plan):
