@@ -72,14 +72,25 @@ def manifest_files(paths: tuple[str, ...], allow_empty: bool = False) -> list[tu
     show_default=True,
     help="text for people, json for tools, github for annotations on a pull request.",
 )
-def validate(paths: tuple[str, ...], fmt: str) -> None:
+@click.option(
+    "--skip-non-manifests",
+    is_flag=True,
+    help="Pass over YAML files without a top-level `apiVersion: mfprefect/...` (for pre-commit, "
+    "which hands over every changed YAML file).",
+)
+def validate(paths: tuple[str, ...], fmt: str, skip_non_manifests: bool) -> None:
     """Check manifests offline: schema and graph rules. Exit 0 valid, 1 invalid, 2 usage error."""
     from .diagnostics import ERROR, render
     from .kinds import duplicate_diagnostics
     from .manifest import check_file
+    from .repository import is_manifest
 
     diagnostics, docs = [], []
     files = manifest_files(paths)
+    skipped = 0
+    if skip_non_manifests:
+        manifests = [(path, shown) for path, shown in files if is_manifest(path)]
+        skipped, files = len(files) - len(manifests), manifests
     for path, shown in files:
         doc, found = check_file(path, shown)
         diagnostics += found
@@ -94,14 +105,14 @@ def validate(paths: tuple[str, ...], fmt: str) -> None:
     if fmt == "text":
         warnings = len(diagnostics) - errors
         if errors or warnings:
-            click.echo(
-                f"{errors} error(s), {warnings} warning(s) in {len(files)} file(s)", err=True
-            )
+            summary = f"{errors} error(s), {warnings} warning(s) in {len(files)} file(s)"
+        elif len(files) == 1:
+            summary = f"{files[0][1]}: valid"
         else:
-            names = ", ".join(shown for _, shown in files)
-            click.echo(
-                f"{names}: valid" if len(files) == 1 else f"{len(files)} manifests valid", err=True
-            )
+            summary = f"{len(files)} manifests valid"
+        if skipped:
+            summary += f", {skipped} skipped (not mfprefect manifests)"
+        click.echo(summary, err=True)
     sys.exit(1 if errors else 0)
 
 
@@ -120,14 +131,15 @@ def graph(manifest: str, markdown: bool) -> None:
 
 
 @cli.command(context_settings={"ignore_unknown_options": False})
-@click.argument("flow_file")
+@click.argument("paths", nargs=-1, required=True, metavar="FLOW_FILE | --check PATH...")
 @click.option(
     "-o", "--output", default="-", show_default=True, help="Manifest to write, or '-' for stdout."
 )
 @click.option(
     "--check",
     is_flag=True,
-    help="Write nothing; exit 1 if the manifest differs from what export would write.",
+    help="Write nothing; exit 1 if a manifest differs from what export would write. Takes "
+    "manifests, flow files (their manifests beside them) and folders (their manifests).",
 )
 @click.option("--name", default=None, help="Deployment name (default: the pipeline name).")
 @click.option("--work-pool", default=None, help="Prefect work pool the deployment runs on.")
@@ -162,8 +174,21 @@ def graph(manifest: str, markdown: bool) -> None:
 @click.option("--datastore", default=None, help="Metaflow datastore (local, s3, azure, gs).")
 @click.option("--datastore-root", default=None, help="Metaflow datastore root.")
 @click.option("--metadata", default=None, help="Metaflow metadata provider (local, service).")
-def export(flow_file: str, output: str, check: bool, **given: Any) -> None:
-    """Export FLOW_FILE's pipeline manifest (same as `python FLOW_FILE prefect export`)."""
+def export(paths: tuple[str, ...], output: str, check: bool, **given: Any) -> None:
+    """Export FLOW_FILE's pipeline manifest (same as `python FLOW_FILE prefect export`).
+
+    With --check and no --output, check every manifest the PATHs name instead (a manifest, the
+    manifests beside a flow file that name it, the manifests in a folder): exit 1 if any of them
+    differs from what exporting its flow gives now.
+    """
+    if check and output == "-":
+        sys.exit(check_exports(paths, given))
+    if len(paths) != 1:
+        raise UsageError(
+            f"export takes one flow file, not {len(paths)}",
+            hint="to check several manifests: mfprefect export --check PATH...",
+        )
+    flow_file = paths[0]
     if not Path(flow_file).is_file():
         raise UsageError(f"no such flow file: {flow_file}")
     command = [sys.executable, flow_file, "--quiet"] + metaflow_top_level_args(given)
@@ -172,6 +197,43 @@ def export(flow_file: str, output: str, check: bool, **given: Any) -> None:
         command.append("--check")
     code = subprocess.call(command)
     sys.exit(code if code in (0, 1, 2) else 1)
+
+
+def check_exports(paths: tuple[str, ...], given: dict[str, Any]) -> int:
+    """`export --check PATH...`: compare each manifest with a fresh export of its flow."""
+    from .repository import NotCheckable, export_checks
+
+    try:
+        selection = export_checks(paths)
+    except NotCheckable as exc:
+        raise UsageError(
+            str(exc), hint="name flow files (.py), manifests (.yaml) or folders"
+        ) from None
+    for problem in selection.problems:
+        click.echo(f"{ERROR_PREFIX}{problem}", err=True)
+    top_level = metaflow_top_level_args(given)
+    stale = 0
+    worst = 1 if selection.problems else 0
+    for pair in selection.checks:
+        # The flow path goes to Python as given, so Metaflow's messages (and ours) name it so.
+        # pylint says nothing about whether the manifest is current: skip it, it is slow.
+        command = [sys.executable, pair.flow, "--quiet", "--no-pylint", *top_level]
+        command += ["prefect", "export", pair.manifest, "--check", *export_args(given)]
+        code = subprocess.call(command)
+        if code != 0:
+            stale += 1
+            worst = max(worst, code if code in (1, 2) else 1)
+    checked = len(selection.checks)
+    if checked:
+        summary = f"{checked - stale} of {checked} manifest(s) up to date"
+    else:
+        summary = "no manifests to check"
+    if selection.skipped:
+        summary += (
+            f", {len(selection.skipped)} file(s) skipped (not manifests, or no manifest names them)"
+        )
+    click.echo(summary, err=True)
+    return worst
 
 
 def load_for_run(manifest: str, executor: str | None, address: str | None) -> Any:

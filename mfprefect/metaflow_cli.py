@@ -407,7 +407,7 @@ def run_export(
             click.echo(f"{manifest} is up to date")
             return 0
         click.echo(
-            f"{manifest} is out of date: run `python {Path(sys.argv[0]).name} prefect export {manifest}`",
+            f"{manifest} is out of date: run `python {sys.argv[0]} prefect export {manifest}`",
             err=True,
         )
         return 1
