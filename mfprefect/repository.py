@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import yamlsafe
+from .kinds import RESOURCE_KINDS
 
 MANIFEST_SUFFIXES = (".yaml", ".yml")
 FLOW_SUFFIX = ".py"
@@ -39,6 +40,14 @@ def named_flow_file(text: str) -> str | None:
     flow = data.get("flow") if isinstance(data, dict) else None
     file = flow.get("file") if isinstance(flow, dict) else None
     return file if isinstance(file, str) and file else None
+
+
+def exports_from_a_flow(text: str) -> bool:
+    """Whether a manifest is one export writes (a Pipeline): workspace kinds (WorkPool,
+    ConcurrencyLimit, Variable) are written by hand and have no flow to compare with."""
+    data = _data(text)
+    kind = data.get("kind") if isinstance(data, dict) else None
+    return kind not in RESOURCE_KINDS
 
 
 def _data(text: str) -> object:
@@ -114,6 +123,10 @@ def export_checks(paths: list[str] | tuple[str, ...]) -> Selection:
             selection.checks.append(ExportCheck(flow, manifest))
 
     def add_manifest(manifest: str) -> None:
+        if not exports_from_a_flow(_read(manifest)):
+            if manifest not in selection.skipped:
+                selection.skipped.append(manifest)
+            return
         named = named_flow_file(_read(manifest))
         if named is None:
             selection.problems.append(

@@ -285,3 +285,10 @@ def test_export_check_manifest_without_flow_and_bad_paths(
     two = mfprefect("export", "a.py", "b.py", env=metaflow_env, cwd=project)
     assert two.returncode == 2
     assert "export takes one flow file, not 2" in two.stderr
+
+
+def test_workspace_manifests_have_no_flow_and_are_passed_over(tmp_path: Path) -> None:
+    shutil.copy(EXAMPLES / "workspace" / "gpu-pool.yaml", tmp_path / "pool.yaml")
+    chosen = export_checks([str(tmp_path), str(tmp_path / "pool.yaml")])
+    assert chosen.checks == [] and chosen.problems == []
+    assert chosen.skipped == [str(tmp_path / "pool.yaml")]
