@@ -133,6 +133,33 @@ def test_command_never_imports_prefect_and_reuses_the_runner(
     )
 
 
+def test_python_python3_and_the_mfprefect_script_share_one_runner(
+    server: dict[str, str], tmp_path: Path
+) -> None:
+    """One runner per installation: the same virtualenv reached through `python`, `python3` and
+    the `mfprefect` script (different paths to one interpreter) is served by one runner."""
+    import shutil
+
+    from conftest import EXAMPLES
+
+    env = _env(server, tmp_path)
+    for name in ("linear_flow.py", "linear_flow.yaml"):
+        shutil.copy(EXAMPLES / name, tmp_path / name)
+    bin_dir = Path(sys.executable).parent
+    commands = [
+        [str(bin_dir / "python"), "linear_flow.py", "--no-pylint", "prefect", "run"],
+        [str(bin_dir / "python3"), "linear_flow.py", "--no-pylint", "prefect", "run"],
+        [str(bin_dir / "mfprefect"), "run", "linear_flow.yaml"],
+    ]
+    runners = set()
+    for command in commands:
+        assert Path(command[0]).exists(), command[0]
+        done = run(command, env=env, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr[-3000:]
+        runners.add(_runner_pid(server))  # exactly one runner alive, every time
+    assert len(runners) == 1
+
+
 def test_a_step_that_changes_metaflow_settings_gets_a_fresh_interpreter(
     server: dict[str, str], tmp_path: Path
 ) -> None:

@@ -86,7 +86,10 @@ def _source_stamp() -> str:
 
 def fingerprint(env: Mapping[str, str]) -> str:
     """What a runner must share with a command to serve it (see the module docstring)."""
-    parts = [sys.executable, _source_stamp()]
+    # The installation, not the spelling of the path that started it: `.venv/bin/python`,
+    # `.venv/bin/python3` and the `mfprefect` script (whose shebang names one of them) are one
+    # interpreter (the resolved binary) with one set of packages (sys.prefix: the virtualenv).
+    parts = [os.path.realpath(sys.executable), sys.prefix, _source_stamp()]
     for name in sorted(env):
         if name.startswith("PREFECT_") or name in ("HOME", "MFPREFECT_HOME"):
             parts.append(f"{name}={env[name]}")
