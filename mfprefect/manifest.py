@@ -23,6 +23,8 @@ KIND = "Pipeline"
 SCHEMA_NAME = "pipeline-v1.schema.json"
 STEP_KINDS = ("linear", "split", "join", "foreach", "switch", "end")
 PARAMETER_TYPES = ("str", "int", "float", "bool", "json")
+# Deployment fields a manifest may leave to the Prefect UI (`deployment.unmanaged`).
+UNMANAGEABLE = ("paused", "schedule.active", "concurrency_limit")
 
 # ---------------------------------------------------------------------------------------------
 # The typed model
@@ -159,6 +161,8 @@ class Deployment:
     code: CodeSource = CodeSource()
     job_variables: Mapping[str, Any] = field(default_factory=dict)
     executor: Executor = Executor()
+    # Fields left to people in the Prefect UI (UNMANAGEABLE): set on create, then never reset.
+    unmanaged: tuple[str, ...] = ()
 
     @property
     def step_slots(self) -> int:
@@ -308,6 +312,7 @@ def from_data(data: dict[str, Any], path: str | None = None) -> Manifest:
             code=_code_source(deployment.get("code")),
             job_variables=dict(deployment.get("job_variables") or {}),
             executor=_executor(deployment.get("executor")),
+            unmanaged=tuple(deployment.get("unmanaged") or ()),
         ),
         runtime=RuntimeSettings(
             runtime["metadata"],
@@ -714,7 +719,25 @@ def _rule_diagnostics(doc: yamlsafe.Document) -> list[Diagnostic]:
     out += _runtime_rules(doc, _mapping(data, "runtime"))
     out += _environment_rules(doc, _mapping(data, "runtime"))
     out += _executor_rules(doc, _mapping(data, "deployment"), _mapping(data, "runtime"))
+    out += _unmanaged_rules(doc, _mapping(data, "deployment").get("unmanaged"), data)
     return out
+
+
+def _unmanaged_rules(
+    doc: yamlsafe.Document, unmanaged: Any, data: dict[str, Any]
+) -> list[Diagnostic]:
+    """`schedule.active` left to the UI means nothing without a schedule: say so, once."""
+    names = _names(unmanaged)
+    if "schedule.active" not in names or data.get("schedule") is not None:
+        return []
+    return [
+        doc.diagnostic(
+            ("deployment", "unmanaged", unmanaged.index("schedule.active")),
+            "deployment.unmanaged",
+            "`schedule.active` is left to the UI, but the manifest has no schedule",
+            severity=WARNING,
+        )
+    ]
 
 
 def _executor_rules(

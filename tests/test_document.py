@@ -76,3 +76,16 @@ def test_stale_flow_file_is_a_warning(tmp_path: Path) -> None:
     (tmp_path / "linear_flow.py").unlink()
     diagnostics = check_file(str(tmp_path / "linear_flow.yaml"), "linear_flow.yaml")[1]
     assert [(d.severity, d.rule) for d in diagnostics] == [("warning", "flow.missing")]
+
+
+def test_render_over_keeps_the_fields_a_reviewer_left_to_the_ui() -> None:
+    data = _linear()
+    text = document.render_new(data).replace(
+        "  paused: false\n",
+        "  paused: false\n  # ops pause it during incidents\n  unmanaged: [paused]\n",
+    )
+    new = copy.deepcopy(data)
+    new["steps"]["middle"]["doc"] = "Changed in the code."
+    out = document.render_over(text, new, {"deployment.tags": ["a"]})
+    assert "  # ops pause it during incidents\n  unmanaged: [paused]\n" in out
+    assert document.render_over(out, new, {"deployment.tags": ["a"]}) == out

@@ -211,6 +211,9 @@ def test_reexport_keeps_comments_and_user_fields(
     text = text.replace("  labels: {}\n", "  labels:\n    team: ml  # who to page\n")
     text = text.replace("  work_pool: null\n", "  work_pool: gpu-pool  # set by platform\n")
     text = text.replace(
+        "  paused: false\n", "  paused: false\n  unmanaged: [paused]  # ops own it\n"
+    )
+    text = text.replace(
         "schedule: null\n",
         "# nightly, agreed with ops\nschedule:\n  cron: 0 2 * * *\n  timezone: UTC\n",
     )
@@ -236,6 +239,7 @@ def test_reexport_keeps_comments_and_user_fields(
     after = manifest.read_text()
     assert "team: ml  # who to page" in after
     assert "work_pool: gpu-pool  # set by platform" in after
+    assert "  unmanaged: [paused]  # ops own it\n" in after
     assert "# nightly, agreed with ops" in after and "cron: 0 2 * * *" in after
     assert "# the heavy step" in after
     assert "timeout_seconds: 5" not in after  # code-derived: restored from the code

@@ -1,4 +1,5 @@
-"""Apply sets, prune and saved plans against a real Prefect server (no worker: nothing runs).
+"""Apply sets, prune, saved plans and fields left to the UI against a real Prefect server (no
+worker: nothing runs).
 
 The manifests use `deployment.code: {kind: path}` so that apply stores no code package: what is
 under test is which objects plan and apply write, keep and delete."""
@@ -8,6 +9,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 import urllib.error
 from collections.abc import Iterator
 from pathlib import Path
@@ -260,3 +262,81 @@ def test_a_markdown_plan_for_a_pull_request(stack: dict[str, str], tmp_path: Pat
             "GET",
             "/deployments/name/SplitJoinFlow/split_join_flow-markdown",
         )
+
+
+# What a person does in the Prefect UI: pause the deployment, switch its schedule off.
+PAUSE_IN_THE_UI = """
+import asyncio, sys
+from prefect.client.orchestration import get_client
+
+async def main(key):
+    async with get_client() as client:
+        deployment = await client.read_deployment_by_name(key)
+        await client.pause_deployment(deployment.id)
+        for schedule in deployment.schedules:
+            await client.update_deployment_schedule(deployment.id, schedule.id, active=False)
+
+asyncio.run(main(sys.argv[1]))
+"""
+
+
+def test_fields_left_to_the_ui_are_never_reset_and_plan_reports_them(
+    stack: dict[str, str], tmp_path: Path
+) -> None:
+    (manifest,) = _pipelines(tmp_path, "schedule_flow", name="-ui")
+    yaml = YAML()
+    data = yaml.load(manifest.read_text())
+    data["deployment"]["unmanaged"] = ["paused", "schedule.active"]
+    with manifest.open("w") as handle:
+        yaml.dump(data, handle)
+    key = "ScheduleFlow/schedule_flow-ui"
+    applied = mfprefect("apply", str(manifest), env=stack)
+    assert applied.returncode == 0, applied.stderr
+    created = _deployments(stack)["schedule_flow-ui"]
+    assert created["paused"] is False and created["schedules"][0]["active"] is True
+
+    edit = subprocess.run(
+        [sys.executable, "-c", PAUSE_IN_THE_UI, key], env=stack, capture_output=True, text=True
+    )
+    assert edit.returncode == 0, edit.stderr
+    before = _deployments(stack)["schedule_flow-ui"]
+    assert before["paused"] is True and before["schedules"][0]["active"] is False
+
+    plan = mfprefect("plan", str(manifest), env=stack)
+    assert plan.returncode == 0, plan.stdout + plan.stderr
+    assert f"note: deployment {key}: paused is left to the UI (now true)" in plan.stdout
+    assert f"note: deployment {key}: schedule.active is left to the UI (now false)" in plan.stdout
+    assert "No changes" in plan.stdout, plan.stdout
+    as_json = json.loads(mfprefect("plan", str(manifest), "--format", "json", env=stack).stdout)
+    assert {(u["field"], u["live"]) for u in as_json["unmanaged"]} == {
+        ("paused", True),
+        ("schedule.active", False),
+    }
+    again = mfprefect("apply", str(manifest), env=stack)
+    assert again.returncode == 0 and "No changes" in again.stdout, again.stdout + again.stderr
+    after = _deployments(stack)["schedule_flow-ui"]
+    assert after["paused"] is True and after["schedules"][0]["active"] is False
+    assert after["updated"] == before["updated"]
+    assert after["schedules"][0]["updated"] == before["schedules"][0]["updated"]
+
+    # A new cron is applied; the schedule stays as the UI left it, and so does the deployment.
+    manifest.write_text(manifest.read_text().replace("cron: 0 6 * * *", "cron: 30 7 * * *"))
+    moved = mfprefect("apply", str(manifest), env=stack)
+    assert moved.returncode == 0, moved.stderr
+    after = _deployments(stack)["schedule_flow-ui"]
+    assert after["schedules"][0]["schedule"]["cron"] == "30 7 * * *"
+    assert after["paused"] is True and after["schedules"][0]["active"] is False
+
+    # Without `unmanaged`, the same UI edits are drift: plan shows them and exits 1.
+    data = yaml.load(manifest.read_text())
+    del data["deployment"]["unmanaged"]
+    with manifest.open("w") as handle:
+        yaml.dump(data, handle)
+    drift = mfprefect("plan", str(manifest), env=stack)
+    assert drift.returncode == 1, drift.stdout + drift.stderr
+    assert "    paused: true -> false" in drift.stdout
+    assert '"30 7 * * * (Europe/Amsterdam, paused)" -> "30 7 * * * (Europe/Amsterdam, active)"' in (
+        drift.stdout
+    )
+    assert "left to the UI" not in drift.stdout
+    assert mfprefect("delete", str(manifest), env=stack).returncode == 0

@@ -242,3 +242,117 @@ def test_a_value_cannot_close_the_markdown_fence_or_forge_annotations() -> None:
         "::notice file=m/linear_flow.yaml,line=1,title=mfprefect plan::change"
     )
     assert annotations[-1] == "::notice title=mfprefect plan::0 to add, 1 to change, 0 to delete"
+
+
+def _spec_leaving(example: str, *unmanaged: str, **deployment: Any) -> DeploymentSpec:
+    """A spec whose manifest leaves these fields to the UI (and sets these deployment fields)."""
+    from dataclasses import replace
+
+    data = YAML(typ="safe").load((EXAMPLES / f"{example}.yaml").read_text())
+    data["deployment"].update(work_pool="pool", **deployment)
+    if unmanaged:
+        data["deployment"]["unmanaged"] = list(unmanaged)
+    return replace(deployment_for(from_data(data, f"m/{example}.yaml"), data), code=None)
+
+
+def _live_edited_in_ui(
+    spec: DeploymentSpec, apply_set: str | None = None, **fields: Any
+) -> LiveDeployment:
+    """The deployment as apply left it, then edited in the UI: `fields`, and the schedule
+    deactivated."""
+    from dataclasses import replace
+
+    from mfprefect.deploy.plan import LiveSchedule
+
+    schedules = tuple(LiveSchedule("s1", s.slug, s.cron, s.timezone, False) for s in spec.schedules)
+    live = _live(spec, apply_set)
+    return replace(live, fields={**live.fields, **fields}, schedules=schedules)
+
+
+def test_fields_left_to_the_ui_are_reported_not_compared_nor_written() -> None:
+    from mfprefect.deploy.plan import Unmanaged
+
+    spec = _spec_leaving("schedule_flow", "paused", "schedule.active", "concurrency_limit")
+    assert spec.unmanaged == {"paused", "schedule.active", "concurrency_limit"}
+    live = _live_edited_in_ui(spec, paused=True, concurrency_limit=3)
+    result = plan([spec], [live])
+    assert result.pending == []
+    assert result.unmanaged == [
+        Unmanaged(spec.key, "paused", True),
+        Unmanaged(spec.key, "schedule.active", False),
+        Unmanaged(spec.key, "concurrency_limit", 3),
+    ]
+    text = result.text()
+    assert f"note: deployment {spec.key}: paused is left to the UI (now true)" in text
+    assert f"note: deployment {spec.key}: schedule.active is left to the UI (now false)" in text
+    assert text.endswith("No changes: the server matches the manifests.")
+    assert result.as_json()["unmanaged"][0] == {
+        "kind": "deployment",
+        "key": spec.key,
+        "field": "paused",
+        "live": True,
+    }
+    assert f"> note: deployment {spec.key}: paused is left to the UI (now true)" in (
+        plan_report.markdown(result)
+    )
+    assert (
+        f"::notice title=mfprefect plan::deployment {spec.key}: concurrency_limit is left to the "
+        "UI (now 3)"
+    ) in plan_report.github(result).splitlines()
+
+    # Without `unmanaged`, the same UI edits are drift that apply puts back.
+    managed = _spec_leaving("schedule_flow")
+    (change,) = plan(
+        [managed], [_live_edited_in_ui(managed, paused=True, concurrency_limit=3)]
+    ).pending
+    assert [f.field for f in change.changes] == [
+        "concurrency_limit",
+        "paused",
+        "schedule mfprefect-cron",
+    ]
+    assert [(op, want.active) for op, want, _ in change.schedule_ops if want] == [("update", True)]
+
+
+def test_a_new_cron_keeps_the_ui_active_flag_and_the_manifests_paused_is_only_initial() -> None:
+    spec = _spec_leaving("schedule_flow", "paused", "schedule.active")
+    live = _live_edited_in_ui(spec, paused=True)
+    # The reviewer edits the manifest: a new cron, and paused flipped (an initial value only).
+    from dataclasses import replace
+
+    edited = _spec_leaving("schedule_flow", "paused", "schedule.active", paused=True)
+    edited = replace(edited, schedules=(replace(edited.schedules[0], cron="30 7 * * *"),))
+    (change,) = plan([edited], [live]).pending
+    assert [f.field for f in change.changes] == ["schedule mfprefect-cron"]
+    ((op, want, have),) = change.schedule_ops
+    assert op == "update" and want is not None and have is not None
+    assert (want.cron, want.active) == ("30 7 * * *", False)  # the UI's flag, sent back as it is
+    assert "paused" not in {f.field for f in change.changes}
+
+    # Only `paused` left to the UI: the schedule's flag is managed, and put back.
+    paused_only = _spec_leaving("schedule_flow", "paused")
+    (change,) = plan([paused_only], [_live_edited_in_ui(paused_only, paused=True)]).pending
+    assert [f.field for f in change.changes] == ["schedule mfprefect-cron"]
+    assert change.schedule_ops[0][1].active is True  # type: ignore[union-attr]
+
+
+def test_a_new_deployment_takes_the_manifests_values_of_unmanaged_fields() -> None:
+    spec = _spec_leaving("schedule_flow", "paused", "schedule.active", paused=True)
+    (change,) = plan([spec], []).pending
+    assert change.action == "create" and change.spec is not None
+    assert change.spec.fields["paused"] is True and change.spec.schedules[0].active is False
+    assert ("paused", True) in [(f.field, f.new) for f in change.changes]
+    assert plan([spec], []).unmanaged == []
+
+
+def test_a_ui_edit_of_an_unmanaged_field_does_not_make_a_saved_plan_stale() -> None:
+    spec = _spec_leaving("schedule_flow", "paused", "schedule.active")
+    before = plan([spec], [_live_edited_in_ui(spec, "a")], apply_set="a")
+    reviewed = _saved(before)
+    # Between the review and the merge, someone pauses the deployment and its schedule.
+    after = plan([spec], [_live_edited_in_ui(spec, "a", paused=True)], apply_set="a")
+    assert after.pending == [] and after.unmanaged[0].live is True
+    reviewed.check_plan(after)
+    # A managed field edited meanwhile still makes it stale.
+    edited = _live_edited_in_ui(spec, "a", description="by hand")
+    with pytest.raises(PlanRejected, match="the server changed"):
+        reviewed.check_plan(plan([spec], [edited], apply_set="a"))

@@ -71,3 +71,10 @@ def test_examples_pass_a_plain_schema_validator(path: Path) -> None:
     data = json.loads(json.dumps(YAML(typ="safe").load(path.read_text())))
     errors = list(Draft202012Validator(json.loads(SCHEMA_FILE.read_text())).iter_errors(data))
     assert errors == []
+
+
+def test_the_fields_a_manifest_may_leave_to_the_ui_are_the_ones_plan_knows() -> None:
+    schema = json.loads(SCHEMA_FILE.read_text())
+    unmanaged = schema["$defs"]["pipeline"]["properties"]["deployment"]["properties"]["unmanaged"]
+    assert tuple(unmanaged["items"]["enum"]) == manifest.UNMANAGEABLE
+    assert "unmanaged" not in schema["$defs"]["pipeline"]["properties"]["deployment"]["required"]

@@ -749,3 +749,27 @@ def test_mutations_never_crash(data) -> None:
         assert d.rule and d.message
     if doc is not None and not _errors(diagnostics):
         assert doc.data == json.loads(text)
+
+
+def test_a_field_left_to_the_ui_must_be_one_plan_knows() -> None:
+    text = LINEAR.read_text(encoding="utf-8").replace(
+        "  paused: false\n", "  paused: false\n  unmanaged:\n    - pasued\n    - paused\n"
+    )
+    line, col = _line_col(text, "pasued")
+    diagnostics = check_text(text)[1]
+    assert [(d.rule, d.path, d.line, d.col) for d in diagnostics] == [
+        ("schema.enum", "deployment.unmanaged[0]", line, col)
+    ]
+    assert diagnostics[0].message == (
+        "'pasued' is not one of: paused, schedule.active, concurrency_limit; did you mean `paused`?"
+    )
+    twice = text.replace("    - pasued\n", "    - paused\n")
+    assert [d.rule for d in check_text(twice)[1]] == ["schema.unique"]
+    # `schedule.active` of a manifest with no schedule: nothing to leave, said once as a warning.
+    lonely = text.replace("    - pasued\n", "    - schedule.active\n")
+    [d] = check_text(lonely)[1]
+    assert (d.rule, d.severity, d.path) == (
+        "deployment.unmanaged",
+        "warning",
+        "deployment.unmanaged[0]",
+    )

@@ -61,6 +61,8 @@ class DeploymentSpec:
     code_ref: CodeRef | None = None
     # Set when the manifest came from a file: what to build a package from.
     source: Manifest | None = field(default=None, compare=False, repr=False)
+    # Fields left to the Prefect UI (`deployment.unmanaged`): written on create, never on update.
+    unmanaged: frozenset[str] = frozenset()
 
     @property
     def key(self) -> str:
@@ -221,6 +223,7 @@ def deployment_for(manifest: Manifest, data: Mapping[str, Any]) -> DeploymentSpe
         code=code,
         code_ref=code_ref,
         source=manifest,
+        unmanaged=frozenset(manifest.deployment.unmanaged),
     )
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from ..diagnostics import printable
 from ..kinds import LABELS
-from ..manifest import RESERVED_ENV_PREFIXES
+from ..manifest import RESERVED_ENV_PREFIXES, UNMANAGEABLE
 from . import resources
 from .code import live_digest
 from .desired import (
@@ -112,11 +112,25 @@ class Change:
         return None
 
 
+@dataclass(frozen=True)
+class Unmanaged:
+    """A field the manifest leaves to the Prefect UI, with its value on the server."""
+
+    key: str
+    field: str
+    live: Any
+
+    def text(self) -> str:
+        return f"deployment {self.key}: {self.field} is left to the UI (now {_short(self.live)})"
+
+
 @dataclass
 class Plan:
     changes: list[Change] = field(default_factory=list)
     # What the plan chose not to do and a reviewer should know (one line each).
     notes: list[str] = field(default_factory=list)
+    # Fields of existing deployments that plan neither compared nor would write.
+    unmanaged: list[Unmanaged] = field(default_factory=list)
     # A digest of the server state it was planned against (a saved plan checks it is unchanged).
     observed: str = ""
 
@@ -155,6 +169,7 @@ class Plan:
                     lines.append(f"    {name}: {_short(item.new)}")
                 elif change.action == "update":
                     lines.append(f"    {name}: {_short(item.old)} -> {_short(item.new)}")
+        lines += [f"note: {printable(item.text())}" for item in self.unmanaged]
         lines += [f"note: {note}" for note in self.notes]
         lines.append(self.summary())
         return "\n".join(lines)
@@ -176,6 +191,10 @@ class Plan:
                 for a in ("create", "update", "delete", "conflict")
             },
             "notes": list(self.notes),
+            "unmanaged": [
+                {"kind": "deployment", "key": u.key, "field": u.field, "live": u.live}
+                for u in self.unmanaged
+            ],
         }
 
 
@@ -228,7 +247,9 @@ def plan(
     live = list(live)
     live_resources = list(live_resources)
     by_key = {d.key: d for d in live}
-    result = Plan(observed=observed_digest(live, live_resources))
+    result = Plan(
+        observed=observed_digest(live, {s.key: s.unmanaged for s in desired}, live_resources)
+    )
     before, after = _resource_changes(
         resources, live_resources, prune=prune, adopt=adopt, apply_set=apply_set, notes=result.notes
     )
@@ -256,7 +277,8 @@ def plan(
         diffs = [
             FieldChange(name, _norm(current.fields.get(name)), _norm(spec.fields.get(name)))
             for name in COMPARED
-            if _norm(current.fields.get(name)) != _norm(spec.fields.get(name))
+            if name not in spec.unmanaged
+            and _norm(current.fields.get(name)) != _norm(spec.fields.get(name))
         ]
         wanted_code = spec.code.describe() if spec.code is not None else None
         live_code = live_digest(current.fields.get("pull_steps"), current.fields.get("path"))
@@ -266,8 +288,17 @@ def plan(
         own_new = user_job_variables(spec.fields.get("job_variables"))
         if _norm(own_old) != _norm(own_new):
             diffs.append(FieldChange("job_variables", _norm(own_old), _norm(own_new)))
-        diffs += _manifest_diffs(current.fields.get("job_variables"), spec.manifest)
-        ops = _schedule_ops(spec.schedules, current.schedules)
+        # The manifest's value of an unmanaged field is only the initial one: editing it changes
+        # nothing on the server, so it is no diff either.
+        diffs += [
+            d
+            for d in _manifest_diffs(current.fields.get("job_variables"), spec.manifest)
+            if d.field.removeprefix("manifest.deployment.") not in spec.unmanaged
+        ]
+        ops = _schedule_ops(
+            spec.schedules, current.schedules, keep_active="schedule.active" in spec.unmanaged
+        )
+        result.unmanaged += _unmanaged(spec, current)
         for op, want, have in ops:
             slug = want.slug if want is not None else (have.slug if have is not None else "?")
             diffs.append(
@@ -392,10 +423,30 @@ def _resource_changes(
     return before, after
 
 
+def _unmanaged(spec: DeploymentSpec, current: LiveDeployment) -> list[Unmanaged]:
+    out = []
+    for name in (n for n in UNMANAGEABLE if n in spec.unmanaged):
+        if name == "schedule.active":
+            live = {s.slug: s for s in current.schedules}
+            out += [
+                Unmanaged(spec.key, name, live[s.slug].active)
+                for s in spec.schedules
+                if s.slug in live
+            ]
+        else:
+            out.append(Unmanaged(spec.key, name, current.fields.get(name)))
+    return out
+
+
 def observed_digest(
-    live: Iterable[LiveDeployment], live_resources: Iterable[LiveResource] = ()
+    live: Iterable[LiveDeployment],
+    unmanaged: Mapping[str, Iterable[str]] | None = None,
+    live_resources: Iterable[LiveResource] = (),
 ) -> str:
-    """The sha256 of everything plan() reads from the server, independent of read order."""
+    """The sha256 of everything plan() reads from the server, independent of read order.
+
+    Fields left to the UI (`unmanaged`, by deployment key) are left out: a UI edit of one does
+    not make a saved plan stale, since apply never writes it."""
     import hashlib
     from dataclasses import asdict
 
@@ -404,6 +455,12 @@ def observed_digest(
     ]
     for deployment in sorted(live, key=lambda d: d.id):
         view = asdict(deployment)
+        ignored = set((unmanaged or {}).get(deployment.key, ()))
+        for name in ignored - {"schedule.active"}:
+            view["fields"].pop(name, None)
+        if "schedule.active" in ignored:
+            for schedule in view["schedules"]:
+                schedule["active"] = None
         view["schedules"] = sorted(view["schedules"], key=lambda s: s["id"])
         view["automations"] = sorted(view["automations"], key=lambda a: a["id"])
         views.append(view)
@@ -454,13 +511,18 @@ def _schedule_text(schedule: ScheduleSpec | LiveSchedule) -> str:
 
 
 def _schedule_ops(
-    wanted: Sequence[ScheduleSpec], present: Sequence[LiveSchedule]
+    wanted: Sequence[ScheduleSpec], present: Sequence[LiveSchedule], *, keep_active: bool = False
 ) -> tuple[tuple[str, ScheduleSpec | None, LiveSchedule | None], ...]:
-    """Upsert by slug: unchanged schedules (and their scheduled runs) are left alone."""
+    """Upsert by slug: unchanged schedules (and their scheduled runs) are left alone.
+
+    With `keep_active` (the UI owns the active flag) a schedule's flag is not compared, and an
+    update sends the live one."""
     ops: list[tuple[str, ScheduleSpec | None, LiveSchedule | None]] = []
     by_slug = {s.slug: s for s in present}
     for want in wanted:
         have = by_slug.pop(want.slug, None)
+        if have is not None and keep_active:
+            want = replace(want, active=have.active)
         if have is None:
             ops.append(("create", want, None))
         elif (have.cron, have.timezone or None, have.active) != (

@@ -32,6 +32,7 @@ def markdown(plan: Plan, apply_set: str | None = None) -> str:
         out += ["The server matches the manifests.", ""]
     for change in plan.changes:
         out += _object(change)
+    out += [f"> note: {_inline(item.text())}" for item in plan.unmanaged]
     out += [f"> note: {_inline(note)}" for note in plan.notes]
     return "\n".join(out).rstrip("\n") + "\n"
 
@@ -104,6 +105,8 @@ def github(plan: Plan) -> str:
         body = f"{_WORDS[change.action]} {change.label}" + (f": {fields}" if fields else "")
         where = f"file={gh_prop(change.source_path)},line=1," if change.source_path else ""
         lines.append(f"::{level} {where}title=mfprefect plan::{gh_data(body)}")
+    # Left to the UI by choice: worth a notice, not a warning.
+    lines += [f"::notice title=mfprefect plan::{gh_data(item.text())}" for item in plan.unmanaged]
     lines += [f"::warning title=mfprefect plan::{gh_data(note)}" for note in plan.notes]
     lines.append(f"::notice title=mfprefect plan::{gh_data(summary_line(plan))}")
     return "\n".join(lines)

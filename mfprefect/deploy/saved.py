@@ -76,7 +76,7 @@ class SavedPlan:
                 "deleted); nothing was applied",
                 hint="make a new plan (`mfprefect plan ... --out FILE`) and review it",
             )
-        if _canonical(fresh.as_json()) != _canonical(self.plan):
+        if _canonical(_reviewed(fresh.as_json())) != _canonical(_reviewed(self.plan)):
             raise PlanRejected(
                 "the plan would now differ from the saved one; nothing was applied",
                 hint="make a new plan (`mfprefect plan ... --out FILE`) and review it",
@@ -147,6 +147,11 @@ def _how(before: str | None, now: str | None) -> str:
     if now is None:
         return "removed"
     return "edited"
+
+
+def _reviewed(plan: Mapping[str, Any]) -> dict[str, Any]:
+    """What a saved plan must still say: the live values of fields left to the UI may move."""
+    return {k: v for k, v in plan.items() if k != "unmanaged"}
 
 
 def _canonical(data: Any) -> str:
