@@ -9,8 +9,9 @@ stderr on the runner's pipes) and runs the flow file as `__main__`.
 Environment variables that Metaflow or Python read at import time cannot change after the fork,
 so a step whose environment differs from the zygote's in any of them (see `fork_compatible`) is
 started with `exec` instead, still as a child of the zygote. Either way the zygote reaps its
-children and reports each exit status, and when the runner goes away (its end of the zygote's
-stdin closes) the zygote kills every step's process group before it exits.
+children, kills whatever each left behind in its process group, and reports each exit status;
+when the runner goes away (its end of the zygote's stdin closes, and the kernel sends SIGTERM)
+the zygote kills every step's process group before it exits.
 
 Protocol, one Unix-socket connection per step: the runner sends one JSON line
 `{"args": [...], "env": {...}, "cwd": "...", "exec": bool}` with the step's stdout and stderr
@@ -40,6 +41,11 @@ _STARTUP_PREFIXES = ("METAFLOW_", "PYTHON")
 _STARTUP_NAMES = frozenset({"USER", "USERNAME", "LOGNAME", "HOME", "TMPDIR", "LANG", "LC_ALL"})
 _MAX_REQUEST = 8 * 1024 * 1024
 _PR_SET_PDEATHSIG = 1
+# A stop signal's number on the wakeup pipe ends the zygote's loop (see `serve`).
+_STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+# Blocked around each fork, so that none is handled in the child before it resets them.
+_HANDLED_SIGNALS = {signal.SIGCHLD, *_STOP_SIGNALS}
+_CAN_PEEK = hasattr(os, "waitid")  # not on macOS before Python 3.13
 
 
 # MFPREFECT_FORK_STEPS=0 starts every step as a fresh interpreter instead.
@@ -112,12 +118,15 @@ def _child(
     """In the forked child: become the step command and run it. Never returns."""
     code = 1
     try:
-        os.setsid()
-        die_with_parent()
+        # The zygote's handlers and wakeup pipe are not the step's; its signals stay blocked
+        # (as `start` forked) until they are reset, so none reaches the zygote's pipe.
         signal.set_wakeup_fd(-1)
         for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGPIPE):
             signal.signal(sig, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _HANDLED_SIGNALS)
+        os.setsid()
+        die_with_parent()
         null = os.open(os.devnull, os.O_RDONLY)
         os.dup2(null, 0)
         os.dup2(fds[0], 1)
@@ -190,13 +199,19 @@ def _send(conn: socket.socket, message: dict[str, Any]) -> None:
         conn.sendall((json.dumps(message) + "\n").encode())
 
 
+def _wake(_signum: int, _frame: object) -> None:
+    """The Python-level handler of SIGCHLD and the stop signals: it does nothing. It exists
+    so that the signal's number is written to the wakeup pipe, where the loop reads it; doing
+    the work there, between two steps of the loop, cannot interrupt the loop's own."""
+
+
 def serve(address: str, flow_dir: str) -> int:
     """Preload Metaflow, say ready on stdout, then fork steps until stdin closes.
 
     If the runner dies, the kernel sends SIGTERM, and the steps' process groups are killed on
-    the way out, as when stdin closes.
+    the way out, as when stdin closes or the zygote is sent SIGTERM or SIGINT. Until the loop's
+    wakeup pipe exists (during the preload, before any step) SIGTERM simply ends the zygote.
     """
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     die_with_parent(signal.SIGTERM)
     main_globals = _preload()
     _ask_git_once(flow_dir)
@@ -206,7 +221,8 @@ def serve(address: str, flow_dir: str) -> int:
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)
     signal.set_wakeup_fd(wake_w)
-    signal.signal(signal.SIGCHLD, lambda *_: None)
+    for sig in _HANDLED_SIGNALS:
+        signal.signal(sig, _wake)
     sys.stdout.write("ready\n")
     sys.stdout.flush()
 
@@ -220,12 +236,25 @@ def serve(address: str, flow_dir: str) -> int:
 
     def reap() -> None:
         while children:
+            status = 0
             try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
+                if _CAN_PEEK:
+                    # Looked at now, reaped below: until then the step's pid, which is also its
+                    # process group's id, cannot be reused, so the group killed is the step's.
+                    found = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+                    pid = 0 if found is None else found.si_pid
+                else:
+                    pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
                 return
             if pid == 0:
                 return
+            if pid in children:
+                # Anything the step left behind in its process group dies with it.
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(pid, signal.SIGKILL)
+            if _CAN_PEEK:
+                _, status = os.waitpid(pid, 0)
             conn = children.pop(pid, None)
             if conn is not None:
                 _send(conn, {"exit": os.waitstatus_to_exitcode(status)})
@@ -235,9 +264,13 @@ def serve(address: str, flow_dir: str) -> int:
         keep = private | {c.fileno() for c in children.values()} | {conn.fileno()}
         keep |= {c.fileno() for c in pending}
         keep.add(sys.stdin.fileno())
-        pid = os.fork()
-        if pid == 0:
-            _child(request, fds, keep, main_globals)
+        signal.pthread_sigmask(signal.SIG_BLOCK, _HANDLED_SIGNALS)
+        try:
+            pid = os.fork()
+            if pid == 0:
+                _child(request, fds, keep, main_globals)
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _HANDLED_SIGNALS)
         for fd in fds:
             os.close(fd)
         children[pid] = conn
@@ -250,9 +283,12 @@ def serve(address: str, flow_dir: str) -> int:
                     if not os.read(sys.stdin.fileno(), 4096):
                         return 0
                 elif key.data == "signal":
+                    signals = b""
                     with contextlib.suppress(BlockingIOError):
-                        os.read(wake_r, 4096)
+                        signals = os.read(wake_r, 4096)
                     reap()
+                    if _STOP_SIGNALS.intersection(signals):
+                        return 0
                 elif key.data == "accept":
                     conn, _ = listener.accept()
                     pending[conn] = bytearray()
@@ -280,6 +316,10 @@ def serve(address: str, flow_dir: str) -> int:
             reap()
     finally:
         for pid in list(children):
+            # The step first: one that has not yet made its own session (and group) is in none
+            # to kill, and once killed it cannot make one.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pid, signal.SIGKILL)
 
