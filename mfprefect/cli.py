@@ -610,6 +610,56 @@ def trigger_command(
         click.echo(trigger.trigger_with_strings(target, pairs))
 
 
+@cli.group(name="server")
+def server_group() -> None:
+    """The local Prefect server (with its UI) that runs start when no PREFECT_API_URL is set."""
+
+
+@server_group.command(name="start")
+def server_start() -> None:
+    """Start the local server unless it runs; print its API URL."""
+    from .runtime import local_server
+
+    click.echo(local_server.ensure_server(lambda line: click.echo(line, err=True)))
+
+
+@server_group.command(name="status")
+def server_status_command() -> None:
+    """Print the running local server as JSON (exit 1: none is running)."""
+    import json
+
+    from .runtime import local_server
+
+    status = local_server.server_status()
+    if status is None:
+        click.echo("no local server is running", err=True)
+        sys.exit(1)
+    click.echo(json.dumps({**status, "ui": local_server.ui_url(status["url"])}, indent=2))
+
+
+@server_group.command(name="stop")
+def server_stop() -> None:
+    """Stop the local server (and the runs' runner with it)."""
+    from .runtime import local_server
+
+    stopped = local_server.stop_server()
+    click.echo("stopped the local server" if stopped else "no local server was running", err=True)
+
+
+@server_group.command(name="ui")
+@click.option("--no-browser", is_flag=True, help="Only print the URL.")
+def server_ui(no_browser: bool) -> None:
+    """Start the local server if needed, print its UI's URL and open it in a browser."""
+    import webbrowser
+
+    from .runtime import local_server
+
+    url = local_server.ui_url(local_server.ensure_server(lambda line: click.echo(line, err=True)))
+    click.echo(url)
+    if not no_browser and not webbrowser.open(url):
+        click.echo("(no browser to open here: open the URL above)", err=True)
+
+
 @cli.command(name="card")
 @click.argument("pathspec")
 @click.argument("step", required=False)

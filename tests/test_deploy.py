@@ -188,7 +188,10 @@ def test_unowned_deployment_is_a_conflict_unless_adopted(
     )
     refused = mfprefect("apply", str(linear), env=stack)
     assert refused.returncode == 3
-    assert "not managed by mfprefect already exist: deployment StartSplitFlow/StartSplitFlow" in refused.stderr
+    assert (
+        "not managed by mfprefect already exist: deployment StartSplitFlow/StartSplitFlow"
+        in refused.stderr
+    )
     assert "--adopt" in refused.stderr and "Traceback" not in refused.stderr
     adopted = mfprefect("apply", str(linear), "--adopt", env=stack)
     assert adopted.returncode == 0, adopted.stderr

@@ -265,6 +265,11 @@ def server_status() -> dict[str, Any] | None:
     }
 
 
+def ui_url(api_url: str) -> str:
+    """The UI of the server whose API is at `api_url` (Prefect serves it at the root)."""
+    return api_url[: -len("/api")] if api_url.endswith("/api") else api_url
+
+
 @contextmanager
 def _start_lock(echo: Echo, timeout: float) -> Iterator[None]:
     """Hold the exclusive start-up lock; say so once if another process has it."""
@@ -503,15 +508,19 @@ def _die_with_parent() -> None:
         os._exit(1)
 
 
-def _server_env(home: Path) -> dict[str, str]:
+def _server_env(home: Path, api_url: str) -> dict[str, str]:
     env = dict(os.environ)
     # The server must not follow the user's client settings or a profile from their own home.
     for name in ("PREFECT_API_URL", "PREFECT_API_KEY", "PREFECT_PROFILE", "PREFECT_PROFILES_PATH"):
         env.pop(name, None)
     env["PREFECT_HOME"] = str(home)
     env["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
-    env["PREFECT_UI_ENABLED"] = "false"
-    env["PREFECT_SERVER_UI_ENABLED"] = "false"
+    # The UI is served, so that the "View at" links a run prints open the flow run.
+    env.pop("PREFECT_UI_ENABLED", None)
+    env["PREFECT_SERVER_UI_ENABLED"] = "true"
+    # The UI's own calls go here (by default it would call 127.0.0.1:4200).
+    env["PREFECT_UI_API_URL"] = api_url
+    env.pop("PREFECT_UI_URL", None)
     return env
 
 
@@ -565,10 +574,10 @@ def supervise(port: int, idle: int, echo: Echo) -> int:
     url = f"http://{HOST}:{port}/api"
     echo(f"supervisor {os.getpid()}: starting Prefect server at {url} (idle stop after {idle} s)")
     server = subprocess.Popen(
-        [*_prefect_command(), "server", "start", "--host", HOST, "--port", str(port), "--no-ui"],
+        [*_prefect_command(), "server", "start", "--host", HOST, "--port", str(port), "--ui"],
         stdin=subprocess.DEVNULL,
         cwd=directory,  # not the user's project: Prefect reads prefect.toml and .env from the cwd
-        env=_server_env(home),
+        env=_server_env(home, url),
         start_new_session=True,
         close_fds=True,
         preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
