@@ -761,15 +761,10 @@ def main(argv: list[str] | None = None) -> None:
 
 def report(exc: MfprefectError) -> None:
     """Print an error as one line plus what to do; manifest errors also list their diagnostics."""
-    from .errors import ManifestError
+    from .errors import error_lines
 
-    if isinstance(exc, ManifestError) and exc.diagnostics:
-        from .diagnostics import render
-
-        click.echo(render(exc.diagnostics, "text"), err=True)
-    click.echo(f"{ERROR_PREFIX}{exc.message}", err=True)
-    if exc.hint:
-        click.echo(exc.hint, err=True)
+    for line in error_lines(exc, ERROR_PREFIX):
+        click.echo(line, err=True)
 
 
 if __name__ == "__main__":

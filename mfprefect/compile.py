@@ -63,8 +63,7 @@ def _argparse_text(text: str) -> str:
 
 def main(data: dict[str, Any], script: str, argv: Sequence[str]) -> int:
     """Entry point of a compiled file: parse parameters, run, return the exit code."""
-    from .cli import report
-    from .errors import MfprefectError
+    from .errors import MfprefectError, error_lines
     from .manifest import from_data, validate_data
     from .runtime.commands import parse_value
 
@@ -106,7 +105,8 @@ def main(data: dict[str, Any], script: str, argv: Sequence[str]) -> int:
             error_prefix="mfprefect: error: ",
         )
     except MfprefectError as exc:
-        report(exc)
+        for line in error_lines(exc, "mfprefect: error: "):
+            print(line, file=sys.stderr)
         return exc.exit_code
     print(f"mfprefect: run {summary.pathspec} completed", file=sys.stderr)
     return 0

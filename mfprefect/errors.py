@@ -47,3 +47,16 @@ class PlanRejected(MfprefectError):
     """A saved plan that is not one, or no longer matches the server or the manifests."""
 
     exit_code = 1
+
+
+def error_lines(exc: MfprefectError, prefix: str) -> list[str]:
+    """An error as people read it: a manifest error's diagnostics, one line, then what to do."""
+    lines = []
+    if isinstance(exc, ManifestError) and exc.diagnostics:
+        from .diagnostics import render
+
+        lines.append(render(exc.diagnostics, "text"))
+    lines.append(f"{prefix}{exc.message}")
+    if exc.hint:
+        lines.append(exc.hint)
+    return lines

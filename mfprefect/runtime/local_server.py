@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from ..errors import RuntimeFailure, UsageError
+from .state import state_dir
 
 HOST = "127.0.0.1"
 DEFAULT_IDLE_SECONDS = 30 * 60
@@ -54,12 +55,6 @@ Echo = Callable[[str], None]
 
 # Local health checks must never go through an HTTP proxy from the environment.
 _opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-def state_dir() -> Path:
-    """mfprefect's per-user state directory: $MFPREFECT_HOME or ~/.mfprefect."""
-    configured = os.environ.get("MFPREFECT_HOME")
-    return Path(configured).expanduser() if configured else Path.home() / ".mfprefect"
 
 
 def server_dir() -> Path:

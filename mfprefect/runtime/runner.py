@@ -101,7 +101,7 @@ def _address(key: str) -> str:
 
 
 def _runner_dir() -> Path:
-    from .local_server import state_dir
+    from .state import state_dir
 
     return state_dir() / "runner"
 
