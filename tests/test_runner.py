@@ -160,6 +160,70 @@ def test_python_python3_and_the_mfprefect_script_share_one_runner(
     assert len(runners) == 1
 
 
+def _ancestors(pid: int) -> list[int]:
+    chain = []
+    while pid > 1:
+        try:
+            with open(f"/proc/{pid}/stat") as handle:
+                pid = int(handle.read().rsplit(")", 1)[1].split()[1])
+        except OSError:
+            break
+        chain.append(pid)
+    return chain
+
+
+def test_runs_from_two_terminals_run_at_once_and_ctrl_c_stops_only_its_own(
+    server: dict[str, str], tmp_path: Path
+) -> None:
+    """Each command's run is a child of the one runner (no busy fallback to the command's own
+    process), both run at the same time, and Ctrl-C in one terminal stops that run's steps only."""
+    flow = HERE / "flows" / "sleep_flow.py"
+    commands, naps = [], []
+    for name in ("one", "two"):
+        folder = tmp_path / name
+        (folder / "pids").mkdir(parents=True)
+        env = _env(server, folder, SLEEP_PID_DIR=str(folder / "pids"), SLEEP_SECONDS="300")
+        commands.append(
+            subprocess.Popen(
+                [sys.executable, str(flow), "--no-pylint", "prefect", "run"],
+                env=env,
+                cwd=folder,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # a terminal of its own: Ctrl-C reaches only it
+            )
+        )
+        naps.append(folder / "pids")
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not all(
+            (d / "a").exists() and (d / "b").exists() for d in naps
+        ):
+            time.sleep(0.2)
+        steps = [
+            [int((d / n).read_text().split()[0]) for n in ("a", "b")] for d in naps
+        ]  # both runs are napping now: at the same time
+        runner = _runner_pid(server)
+        for command, pids in zip(commands, steps, strict=True):
+            for pid in pids:
+                chain = _ancestors(pid)
+                # Under the runner, not under the command (which may have started the runner).
+                assert runner in chain, (pid, chain)
+                assert command.pid not in chain[: chain.index(runner)], (pid, chain)
+        commands[0].send_signal(signal.SIGINT)
+        out, _ = commands[0].communicate(timeout=60)
+        assert commands[0].returncode == 3, out.decode()[-2000:]
+        assert _wait_gone(steps[0]) == []
+        assert all(_alive(pid) for pid in steps[1]), "the other terminal's run was stopped"
+        assert commands[1].poll() is None
+    finally:
+        for command in commands:
+            if command.poll() is None:
+                command.send_signal(signal.SIGINT)
+                command.communicate(timeout=60)
+    assert _wait_gone([p for pids in steps for p in pids]) == []
+
+
 def test_a_step_that_changes_metaflow_settings_gets_a_fresh_interpreter(
     server: dict[str, str], tmp_path: Path
 ) -> None:

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 from ..errors import RuntimeFailure
 from ..manifest import Manifest, SecretRef, StepSpec
 from . import commands
-from .zygote import die_with_parent
+from .processes import die_with_parent
 
 # Log lines kept per task for the failure message.
 TAIL_LINES = 20

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from ..errors import RuntimeFailure, UsageError
+from .processes import die_with_parent
 from .state import state_dir
 
 HOST = "127.0.0.1"
@@ -490,17 +491,7 @@ def stop_server(timeout: float = 15.0) -> bool:
 
 def _die_with_parent() -> None:
     """In the server child: get SIGTERM if the supervisor dies, even by SIGKILL (Linux only)."""
-    parent = os.getppid()
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        pr_set_pdeathsig = 1
-        libc.prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
-    except (OSError, AttributeError):
-        return
-    if os.getppid() != parent:  # the supervisor died before prctl took effect
-        os._exit(1)
+    die_with_parent(signal.SIGTERM, parent=os.getppid())
 
 
 def _server_env(home: Path, api_url: str) -> dict[str, str]:

@@ -1,25 +1,24 @@
-"""The local runner: a long-lived process that runs pipelines for `run` and `resume` commands.
+"""The local runner: a long-lived process that starts pipelines for `run` and `resume` commands.
 
 Importing Prefect costs about a second of CPU, which a three-step run cannot afford on every
 command. The first local run starts a detached runner that imports Prefect once; every run after
 that connects to it over a Unix socket and hands over the request, together with its own stdout
-and stderr, so the run's output reaches the terminal directly. The runner takes on the command's
-environment and working directory for the run, runs the pipeline in its own process (see
-prefect_flow.run_manifest; no copy of the runner's memory per run), answers with one JSON line
-(the run's pathspec, or the error to report), and puts its own environment back. The command
-stops the run by going away: when its end of the socket closes, the run is interrupted and every
-step process dies with it.
-
-One run at a time: a runner busy with a run does not answer a second command within a second,
-and that command runs the pipeline in its own process instead (slower to start, same result).
+and stderr. The runner is single-threaded and never runs a pipeline itself: for each command it
+forks a child (sharing the imported Prefect copy-on-write) that takes the command's environment,
+working directory and standard streams before doing anything else, runs that one pipeline,
+answers with one JSON line (the run's pathspec, or the error to report) and exits. Nothing is
+swapped in or put back, and runs from several terminals run at the same time. The command stops
+its run by going away: when its end of the socket closes, the child interrupts the run and every
+step process dies with it; a child also dies with the runner.
 
 A runner serves one installation and one Prefect configuration: its socket name is a hash of the
-interpreter, mfprefect's source files, MFPREFECT_HOME, HOME and every PREFECT_* variable, because
-Prefect reads those once, at import. Anything else comes with each request; the runner never
-imports Metaflow (it reads its settings at import), the run's zygote does. The socket is in
-Linux's abstract namespace and only connections from the same user are served. The runner exits
-when it has been idle for MFPREFECT_RUNNER_IDLE_SECONDS (default 30 minutes), when mfprefect's
-source changes, when its PREFECT_HOME or MFPREFECT_HOME folder goes, and after 200 runs.
+resolved interpreter and its virtualenv, mfprefect's source files, MFPREFECT_HOME, HOME and every
+PREFECT_* variable, because Prefect reads those once, at import. Anything else comes with each
+request; the runner never imports Metaflow (it reads its settings at import), the run's zygote
+does. The socket is in Linux's abstract namespace and only connections from the same user are
+served. The runner stops taking commands when it has been idle for MFPREFECT_RUNNER_IDLE_SECONDS
+(default 30 minutes), when mfprefect's source changes, when its PREFECT_HOME or MFPREFECT_HOME
+folder goes, and after 200 runs; it exits once its runs have finished.
 
 MFPREFECT_RUNNER=0 runs pipelines in the command's own process instead.
 """
@@ -48,17 +47,16 @@ from ..manifest import Manifest
 from . import waiter
 from .datastore import Datastore
 from .engine import RunSummary
+from .processes import die_with_parent
 
 ENABLE_ENV = "MFPREFECT_RUNNER"
 IDLE_ENV = "MFPREFECT_RUNNER_IDLE_SECONDS"
 DEFAULT_IDLE_SECONDS = 30 * 60
 START_TIMEOUT_SECONDS = 30.0
 CHECK_SECONDS = 2.0
-# The runner answers this byte when it takes a command's run; a runner busy with another run
-# does not, and the command runs in its own process instead.
+# The run child answers this byte when it has taken the command's run.
 ACCEPTED = b"+"
-ACCEPT_WAIT_SECONDS = 1.0
-# A long-lived process that runs user pipelines starts afresh now and then.
+# A long-lived process starts afresh now and then.
 RECYCLE_AFTER_RUNS = 200
 _MAX_REQUEST = 64 * 1024 * 1024
 
@@ -161,14 +159,15 @@ def run(
     handoff: Handoff | None = None,
 ) -> RunSummary | None:
     """Run the pipeline in the local runner (starting it if needed); return its RunSummary, or
-    None when the runner is busy with another command's run (run it in this process then).
+    None when the runner does not take the command (then run it in this process).
 
     With `handoff`, once the runner has the run this process becomes a small waiter (see
     waiter.py) that reports the outcome as the command would and exits with its code.
     """
     key = fingerprint(os.environ)
-    conn, fresh = _connect(key, echo)
-    conn.settimeout(START_TIMEOUT_SECONDS if fresh else ACCEPT_WAIT_SECONDS)
+    conn, _fresh = _connect(key, echo)
+    # The runner forks a child for every command at once; no answer means it is wedged.
+    conn.settimeout(START_TIMEOUT_SECONDS)
     try:
         accepted = conn.recv(1) == ACCEPTED
     except OSError:
@@ -356,86 +355,91 @@ def _serve(key: str, listener: socket.socket) -> int:
     next_check = time.monotonic() + CHECK_SECONDS
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # only a run's own command may interrupt it
-    home = _Home()
     print(f"mfprefect runner {os.getpid()} serving {key}", flush=True)
+    runs: set[int] = set()
     served = 0
+    closing: str | None = None
     while True:
-        ready, _, _ = select.select([listener], [], [], CHECK_SECONDS)
+        if _reap(runs):
+            last_used = time.monotonic()
+        if closing is not None:
+            if not runs:
+                print(f"{closing}: exiting", flush=True)
+                return 0
+            time.sleep(0.1)
+            continue
+        ready, _, _ = select.select([listener], [], [], 0.2 if runs else CHECK_SECONDS)
         if ready:
             conn, _ = listener.accept()
             try:
                 if _peer_uid(conn) == os.getuid():
-                    _serve_run(conn)
+                    runs.add(_fork_run(conn, listener))
                     served += 1
             finally:
                 conn.close()
-                home.restore()
             last_used = time.monotonic()
-            if served >= RECYCLE_AFTER_RUNS:
-                print(f"served {served} runs: exiting, the next command starts afresh", flush=True)
-                return 0
         if time.monotonic() < next_check:
             continue
         next_check = time.monotonic() + CHECK_SECONDS
-        if _source_stamp() != stamp:
-            print("mfprefect's source changed: exiting", flush=True)
-            return 0
-        if not all(folder.is_dir() for folder in watched):
-            print("PREFECT_HOME or MFPREFECT_HOME is gone: exiting", flush=True)
-            return 0
-        if time.monotonic() - last_used > idle_limit:
-            print(f"idle for {idle_limit:.0f} s: exiting", flush=True)
-            return 0
+        if served >= RECYCLE_AFTER_RUNS:
+            closing = f"served {served} runs (the next command starts afresh)"
+        elif _source_stamp() != stamp:
+            closing = "mfprefect's source changed"
+        elif not all(folder.is_dir() for folder in watched):
+            closing = "PREFECT_HOME or MFPREFECT_HOME is gone"
+        elif not runs and time.monotonic() - last_used > idle_limit:
+            closing = f"idle for {idle_limit:.0f} s"
+        if closing is not None:
+            # A command from now on starts a new runner; this one waits for its runs.
+            listener.close()
 
 
-class _Home:
-    """The runner's own environment, working directory and standard streams, put back after
-    each run (a run takes on its command's)."""
+def _reap(runs: set[int]) -> bool:
+    """Collect the run children that have exited; True if any had."""
+    done = False
+    for pid in list(runs):
+        try:
+            finished, _ = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            finished = pid
+        if finished:
+            runs.discard(pid)
+            done = True
+    return done
 
-    def __init__(self) -> None:
-        self.env = dict(os.environ)
-        self.cwd = os.getcwd()
-        self.fds = [os.dup(fd) for fd in (0, 1, 2)]
 
-    def restore(self) -> None:
+def _fork_run(conn: socket.socket, listener: socket.socket) -> int:
+    """Fork the child that runs this command's pipeline; return its pid."""
+    runner = os.getpid()
+    pid = os.fork()
+    if pid:
+        return pid
+    code = 1
+    try:
+        listener.close()
+        die_with_parent(signal.SIGKILL, parent=runner)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        _serve_run(conn)
+        code = 0
+    except BaseException:  # noqa: BLE001 - the child reports and exits, whatever happened
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        # Prefect sends its last logs and events from exit handlers; then leave without
+        # unwinding into the runner's own loop.
+        with contextlib.suppress(BaseException):
+            import atexit
+
+            atexit._run_exitfuncs()
         with contextlib.suppress(BaseException):
             sys.stdout.flush()
             sys.stderr.flush()
-        for saved, fd in zip(self.fds, (0, 1, 2), strict=True):
-            os.dup2(saved, fd)
-        os.environ.clear()
-        os.environ.update(self.env)
-        os.chdir(self.cwd)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        import prefect.context
-
-        prefect.context.refresh_global_settings_context()
-        _stop_run_services()
-        _release_free_memory()
-
-
-def _stop_run_services() -> None:
-    """Prefect starts a concurrency-slot service (a thread) per distinct set of task tags; the
-    runner outlives many runs, so it stops them after each one."""
-    with contextlib.suppress(Exception):
-        from prefect.concurrency.services import ConcurrencySlotAcquisitionWithLeaseService
-
-        ConcurrencySlotAcquisitionWithLeaseService.drain_all(timeout=5)
-
-
-def _release_free_memory() -> None:
-    """Hand memory a finished run freed back to the system (glibc keeps it otherwise)."""
-    import gc
-
-    gc.collect()
-    with contextlib.suppress(OSError, AttributeError):
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        os._exit(code)
 
 
 def _serve_run(conn: socket.socket) -> None:
-    """Run one command's request in this process and answer it."""
+    """In the run child: take the command's request and streams, run it, answer."""
     with contextlib.suppress(OSError):
         conn.sendall(ACCEPTED)
     try:
@@ -446,7 +450,7 @@ def _serve_run(conn: socket.socket) -> None:
         return
     try:
         reply = _run_request(request, conn)
-    except Exception as exc:  # noqa: BLE001 - reported to the command, the runner carries on
+    except Exception as exc:  # noqa: BLE001 - reported to the command
         import traceback
 
         traceback.print_exc()
@@ -513,7 +517,6 @@ def _run_request(request: Mapping[str, Any], conn: socket.socket) -> dict[str, A
         return {"error": {"exit_code": 3, "message": message, "hint": None}}
     finally:
         finished.set()
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
     return {"pathspec": summary.pathspec, "flow_run_id": summary.flow_run_id}
 
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import json
 import os
 import selectors
@@ -36,11 +35,12 @@ from collections.abc import Mapping
 from functools import partial
 from typing import Any
 
+from .processes import die_with_parent
+
 # Read by Python or Metaflow when they start; a step that changes one of these cannot be forked.
 _STARTUP_PREFIXES = ("METAFLOW_", "PYTHON")
 _STARTUP_NAMES = frozenset({"USER", "USERNAME", "LOGNAME", "HOME", "TMPDIR", "LANG", "LC_ALL"})
 _MAX_REQUEST = 8 * 1024 * 1024
-_PR_SET_PDEATHSIG = 1
 # A stop signal's number on the wakeup pipe ends the zygote's loop (see `serve`).
 _STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 # Blocked around each fork, so that none is handled in the child before it resets them.
@@ -103,13 +103,6 @@ def _ask_git_once(flow_dir: str) -> None:
         metaflow_git.get_repository_info(flow_dir)
         metaflow_version.get_version()
         metaflow_version.get_version(public=True)
-
-
-def die_with_parent(sig: int = signal.SIGKILL) -> None:
-    """Ask the kernel to send `sig` to this process when the one that started it dies."""
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)
 
 
 def _child(
