@@ -6,7 +6,8 @@
     python benchmarks/run.py --repeat 3 --only workspace   # writes benchmarks/RESULTS-workspace.md
 
 Writes benchmarks/RESULTS.md (and, with --readme, the table between the markers in README.md).
-Each workload runs in fresh temporary folders; peak memory is the RSS of the whole process tree,
+Each workload runs in fresh temporary folders; peak memory is the PSS of the whole process tree
+(the sum of each process's proportional set size, so shared copy-on-write pages count once),
 with mfprefect's local runner and everything it starts counted as part of ours (the Prefect
 server is not counted).
 """
@@ -101,8 +102,40 @@ def _tree_rss_mb(*roots: int) -> float:
     return total * os.sysconf("SC_PAGE_SIZE") / (1024 * 1024)
 
 
+def _tree_pss_mb(*roots: int) -> float:
+    """Proportional set size of `roots` and all their descendants (from each one's
+    /proc/PID/smaps_rollup): a page shared by n processes counts 1/n in each, so copy-on-write
+    pages of forked steps are counted once in all, not once per process as RSS would."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as handle:
+                ppid = int(handle.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    total_kb, stack, seen = 0, list(roots), set()
+    while stack:
+        pid = stack.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        stack += children.get(pid, [])
+        try:
+            with open(f"/proc/{pid}/smaps_rollup") as handle:
+                for line in handle:
+                    if line.startswith("Pss:"):
+                        total_kb += int(line.split()[1])
+                        break
+        except (OSError, ValueError):
+            continue
+    return total_kb / 1024
+
+
 def measure(command: list[str], env: dict[str, str], cwd: Path, *, runner: bool = False) -> Sample:
-    """Wall time and peak process-tree RSS of one command; it must succeed."""
+    """Wall time and peak process-tree PSS of one command; it must succeed."""
     started = time.perf_counter()
     proc = subprocess.Popen(
         command, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
@@ -115,7 +148,7 @@ def measure(command: list[str], env: dict[str, str], cwd: Path, *, runner: bool 
         while not done.is_set():
             # The runner's whole tree counts too (its idle self included): it runs the steps.
             roots = [proc.pid, *(_runner_pids(env) if runner else [])]
-            peak = max(peak, _tree_rss_mb(*roots))
+            peak = max(peak, _tree_pss_mb(*roots))
             done.wait(0.05)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -932,7 +965,7 @@ def table(rows: list[Row], repeat: int) -> str:
     lines = [
         f"Machine: {machine()}. Medians of {repeat} alternating runs; ratio = ours / theirs.",
         "",
-        "| workload | ours (median s) | theirs (median s) | ratio | peak RSS ours / theirs (MB) | note |",
+        "| workload | ours (median s) | theirs (median s) | ratio | peak PSS ours / theirs (MB) | note |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
     for row in rows:

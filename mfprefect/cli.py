@@ -259,13 +259,13 @@ def run_command(
 ) -> None:
     """Run the manifest's pipeline now, as one Prefect flow run (no server to set up)."""
     from .runtime.commands import parse_assignments
-    from .runtime.local import run_locally
+    from .runtime.local import completed, run_locally
 
     loaded = load_for_run(manifest, executor, address)
     values = parse_assignments(loaded, params)
     echo = lambda line: click.echo(line, err=True)  # noqa: E731
     summary = run_locally(loaded, values, echo=echo, tags=tags, error_prefix=ERROR_PREFIX)
-    click.echo(f"mfprefect: run {summary.pathspec} completed", err=True)
+    click.echo(completed(summary.pathspec), err=True)
 
 
 @cli.command(name="resume")
@@ -287,7 +287,7 @@ def resume_command(
     address: str | None,
 ) -> None:
     """Re-run what failed in an earlier run, reusing every task that succeeded."""
-    from .runtime.local import run_locally
+    from .runtime.local import completed, run_locally
 
     loaded = load_for_run(manifest, executor, address)
     echo = lambda line: click.echo(line, err=True)  # noqa: E731
@@ -300,7 +300,7 @@ def resume_command(
         step_to_rerun=step_to_rerun,
         error_prefix=ERROR_PREFIX,
     )
-    click.echo(f"mfprefect: run {summary.pathspec} completed", err=True)
+    click.echo(completed(summary.pathspec), err=True)
 
 
 @cli.command(name="compile")

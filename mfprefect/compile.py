@@ -95,7 +95,7 @@ def main(data: dict[str, Any], script: str, argv: Sequence[str]) -> int:
             for name, text in args.items()
             if text is not None
         }
-        from .runtime.local import run_locally
+        from .runtime.local import completed, run_locally
 
         summary = run_locally(
             manifest,
@@ -108,5 +108,5 @@ def main(data: dict[str, Any], script: str, argv: Sequence[str]) -> int:
         for line in error_lines(exc, "mfprefect: error: "):
             print(line, file=sys.stderr)
         return exc.exit_code
-    print(f"mfprefect: run {summary.pathspec} completed", file=sys.stderr)
+    print(completed(summary.pathspec), file=sys.stderr)
     return 0

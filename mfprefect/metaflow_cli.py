@@ -141,8 +141,10 @@ def _report_run(start: Any) -> None:
     """Run, then say it completed; errors are one line with their hint and exit code."""
 
     def run_and_say() -> None:
+        from .runtime.local import completed
+
         summary = start()
-        click.echo(f"mfprefect: run {summary.pathspec} completed", err=True)
+        click.echo(completed(summary.pathspec), err=True)
 
     _report(run_and_say)
 

@@ -30,6 +30,12 @@ def profile_api_url() -> str | None:
     return str(url) if url else None
 
 
+def completed(pathspec: str) -> str:
+    """The line every local run ends with when it succeeds (waiter.py, which cannot import
+    mfprefect, prints the same words)."""
+    return f"mfprefect: run {pathspec} completed"
+
+
 def run_locally(
     manifest: Manifest,
     parameters: Mapping[str, Any],
