@@ -336,7 +336,9 @@ def _measure_any(command: list[str], env: dict[str, str], cwd: Path) -> Sample:
     return Sample(time.perf_counter() - started, 0.0)
 
 
-def bench_gitops(repeat: int, work: Path) -> list[Row]:
+def _gitops_bench_server(work: Path) -> dict[str, str]:
+    """The environment of a local server with a process pool `bench`, and linear_flow.py in
+    `work` for manifests to name."""
     from mfprefect.runtime import local_server
 
     env = base_env(work)
@@ -349,6 +351,13 @@ def bench_gitops(repeat: int, work: Path) -> list[Row]:
         check=True,
     )
     shutil.copy(ROOT / "examples" / "linear_flow.py", work / "linear_flow.py")
+    return env
+
+
+def bench_gitops(repeat: int, work: Path) -> list[Row]:
+    from mfprefect.runtime import local_server
+
+    env = _gitops_bench_server(work)
     base = (
         (ROOT / "examples" / "linear_flow.yaml")
         .read_text()
@@ -408,16 +417,7 @@ def bench_workspace(repeat: int, work: Path) -> list[Row]:
     limits against one pipeline; then the writes a second apply made, by the server's `updated`."""
     from mfprefect.runtime import local_server
 
-    env = base_env(work)
-    os.environ["MFPREFECT_HOME"] = env["MFPREFECT_HOME"]
-    env["PREFECT_API_URL"] = local_server.ensure_server()
-    subprocess.run(
-        [sys.executable, "-m", "prefect", "work-pool", "create", "bench", "--type", "process"],
-        env=env,
-        capture_output=True,
-        check=True,
-    )
-    shutil.copy(ROOT / "examples" / "linear_flow.py", work / "linear_flow.py")
+    env = _gitops_bench_server(work)
     base = (
         (ROOT / "examples" / "linear_flow.yaml")
         .read_text()
