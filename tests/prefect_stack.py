@@ -27,9 +27,7 @@ def prefect_stack(
     home: Path, pool: str, worker_env: Mapping[str, str] | None = None
 ) -> Iterator[dict[str, str]]:
     """Yield the environment that reaches the stack (PREFECT_API_URL set); `_HOME` is `home`."""
-    env = flow_env(home)
-    env["MFPREFECT_HOME"] = str(home / "mfprefect-home")
-    env["PREFECT_HOME"] = str(home / "prefect-home")
+    env = stack_env(home)
     env["_HOME"] = str(home)
     with server_with_pool(env, pool):
         worker = start_worker(home, pool, dict(env, **(worker_env or {})))
@@ -37,6 +35,23 @@ def prefect_stack(
             yield env
         finally:
             stop_worker(worker)
+
+
+def stack_env(home: Path) -> dict[str, str]:
+    """An environment whose mfprefect and Prefect state live in `home` (and no apply set)."""
+    env = flow_env(home)
+    env["MFPREFECT_HOME"] = str(home / "mfprefect-home")
+    env["PREFECT_HOME"] = str(home / "prefect-home")
+    env.pop("MFPREFECT_SET", None)
+    return env
+
+
+@contextlib.contextmanager
+def gitops_server(home: Path, pool: str) -> Iterator[dict[str, str]]:
+    """A server with a process pool `pool` and no worker (nothing runs): for plan and apply."""
+    env = stack_env(home)
+    with server_with_pool(env, pool):
+        yield env
 
 
 @contextlib.contextmanager

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import EXAMPLES, flow_env, mfprefect, prefect_api
-from prefect_stack import server_with_pool
+from conftest import EXAMPLES, mfprefect, prefect_api
+from prefect_stack import gitops_server
 from ruamel.yaml import YAML
 
 POOL = "gitops-pool"
@@ -27,12 +27,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    home = tmp_path_factory.mktemp("gitops")
-    env = flow_env(home)
-    env["MFPREFECT_HOME"] = str(home / "mfprefect-home")
-    env["PREFECT_HOME"] = str(home / "prefect-home")
-    env.pop("MFPREFECT_SET", None)
-    with server_with_pool(env, POOL):
+    with gitops_server(tmp_path_factory.mktemp("gitops"), POOL) as env:
         yield env
 
 
