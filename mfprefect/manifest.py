@@ -364,6 +364,17 @@ def check_file(
     return doc, sorted(set(diagnostics))
 
 
+def diagnostic_at(
+    path: str | None, where: tuple[Any, ...], rule: str, message: str, what: str
+) -> Diagnostic:
+    """An error found later (by plan, against the server) placed at `where` in the manifest
+    file `path`; with no file to point into, one naming `what` instead."""
+    doc = check_file(path)[0] if path else None
+    if doc is not None:
+        return doc.diagnostic(where, rule, message)
+    return Diagnostic(what, 1, 1, ERROR, rule, "", message)
+
+
 def check_text(
     text: str | bytes, file: str = "<manifest>"
 ) -> tuple[yamlsafe.Document | None, list[Diagnostic]]:

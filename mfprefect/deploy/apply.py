@@ -236,7 +236,7 @@ async def _check_job_variables(
     """Every job variable a manifest sets must be one its work pool's job template declares
     (the template a WorkPool manifest gives it, else the server's pool's)."""
     from ..diagnostics import did_you_mean
-    from ..manifest import check_file
+    from ..manifest import diagnostic_at
     from .plan import user_job_variables
     from .resources import template_variables
 
@@ -263,15 +263,15 @@ async def _check_job_variables(
                 did_you_mean(name, sorted(known)) or f" (it has: {', '.join(sorted(known))})"
             )
             path = spec.source.path if spec.source is not None else None
-            doc = check_file(path)[0] if path else None
-            if doc is not None:
-                problems.append(
-                    doc.diagnostic(
-                        ("deployment", "job_variables", name), "deployment.job-variable", message
-                    )
+            problems.append(
+                diagnostic_at(
+                    path,
+                    ("deployment", "job_variables", name),
+                    "deployment.job-variable",
+                    message,
+                    spec.key,
                 )
-            else:
-                raise ManifestError(f"{spec.key}: {message}")
+            )
     if problems:
         raise ManifestError(
             f"{len(problems)} problem(s) in the manifests; nothing was applied", problems

@@ -9,9 +9,11 @@ from typing import Any
 
 from ..errors import ManifestError
 from ..kinds import CONCURRENCY_LIMIT, VARIABLE, WORK_POOL
+from ..manifest import diagnostic_at
 from .desired import OWNER_TAG, DeploymentSpec
 from .plan import Change
 from .resources import (
+    MARKED_KINDS,
     MARKER_TAG,
     LiveResource,
     ResourceSpec,
@@ -167,7 +169,7 @@ def check(
             continue
         if change.action == "update" and any(f.field == "type" for f in change.changes):
             problems.append(
-                _at(
+                diagnostic_at(
                     spec.path,
                     ("spec", "type"),
                     "workpool.type",
@@ -183,7 +185,7 @@ def check(
         )
         if change.action == "create" and spec.base_template is None:
             problems.append(
-                _at(
+                diagnostic_at(
                     spec.path,
                     ("spec", "type"),
                     "workpool.type",
@@ -196,7 +198,7 @@ def check(
         for name in spec.declared:
             if name not in known:
                 problems.append(
-                    _at(
+                    diagnostic_at(
                         spec.path,
                         ("spec", "job_variables", name),
                         "workpool.job-variable",
@@ -221,7 +223,7 @@ def check(
         )
         path = deployment.source.path if deployment.source is not None else None
         problems.append(
-            _at(
+            diagnostic_at(
                 path,
                 ("deployment", "work_pool"),
                 "deployment.work-pool",
@@ -234,17 +236,6 @@ def check(
         raise ManifestError(
             f"{len(problems)} problem(s) in the manifests; nothing was applied", problems
         )
-
-
-def _at(path: str | None, where: tuple[Any, ...], rule: str, message: str, what: str) -> Any:
-    """A diagnostic at `where` in the manifest file, or one without a place."""
-    from ..diagnostics import ERROR, Diagnostic
-    from ..manifest import check_file
-
-    doc = check_file(path)[0] if path else None
-    if doc is not None:
-        return doc.diagnostic(where, rule, message)
-    return Diagnostic(what, 1, 1, ERROR, rule, "", message)
 
 
 def job_template(spec: ResourceSpec, live: LiveResource | None) -> dict[str, Any]:
@@ -275,9 +266,7 @@ async def apply_one(client: Any, change: Change) -> None:
         return
     assert spec is not None
     changed = {f.field.split(".", 1)[0] for f in change.changes}
-    if spec.kind in (WORK_POOL, CONCURRENCY_LIMIT) and (
-        change.action == "create" or "apply_set" in changed
-    ):
+    if spec.kind in MARKED_KINDS and (change.action == "create" or "apply_set" in changed):
         wanted_set = next(f.new for f in change.changes if f.field == "apply_set")
         await _upsert_marker(client, spec.kind, spec.name, wanted_set)
     if spec.kind == WORK_POOL:
@@ -382,7 +371,7 @@ async def _delete(client: Any, live: LiveResource) -> None:
     except ObjectNotFound:
         pass  # another apply deleted it first: what we wanted
     try:
-        if live.kind in (WORK_POOL, CONCURRENCY_LIMIT):
+        if live.kind in MARKED_KINDS:
             await client.delete_variable_by_name(marker_name(live.kind, live.name))
     except ObjectNotFound:
         pass

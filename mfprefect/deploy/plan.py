@@ -377,7 +377,7 @@ def _resource_changes(
                 FieldChange(f"job_variables.{name}", None, spec.fields["job_variables"][name])
                 for name in spec.declared
             ]
-            if declared.kind in resources.marked_kinds():
+            if declared.kind in resources.MARKED_KINDS:
                 shown.append(FieldChange("apply_set", None, wanted_set))
             before.append(Change("create", spec.key, tuple(shown), kind=label, resource=spec))
             continue
@@ -387,7 +387,7 @@ def _resource_changes(
             )
             continue
         diffs = [FieldChange(n, old, new) for n, old, new in resources.field_diffs(spec, current)]
-        if declared.kind in resources.marked_kinds() and (
+        if declared.kind in resources.MARKED_KINDS and (
             not current.owned or current.apply_set != wanted_set
         ):
             diffs.append(

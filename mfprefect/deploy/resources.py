@@ -20,6 +20,8 @@ from .sets import SET_TAG_PREFIX, set_tag
 
 MARKER_TAG = "mfprefect-marker"
 _MARKED = {WORK_POOL: "work-pool", CONCURRENCY_LIMIT: "concurrency-limit"}
+# The kinds owned through a marker (they have no tags of their own).
+MARKED_KINDS = tuple(_MARKED)
 # The order apply writes kinds in: pools and limits before the deployments that use them
 # (and deleted after them, in reverse).
 ORDER = (WORK_POOL, CONCURRENCY_LIMIT, VARIABLE)
@@ -154,7 +156,3 @@ def marker_value(kind: str, name: str) -> dict[str, str]:
 
 def marker_tags(apply_set: str | None) -> list[str]:
     return sorted([MARKER_TAG] + ([set_tag(apply_set)] if apply_set is not None else []))
-
-
-def marked_kinds() -> tuple[str, ...]:
-    return tuple(_MARKED)

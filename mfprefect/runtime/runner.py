@@ -165,7 +165,7 @@ def run(
     waiter.py) that reports the outcome as the command would and exits with its code.
     """
     key = fingerprint(os.environ)
-    conn, _fresh = _connect(key, echo)
+    conn = _connect(key, echo)
     # The runner forks a child for every command at once; no answer means it is wedged.
     conn.settimeout(START_TIMEOUT_SECONDS)
     try:
@@ -229,11 +229,11 @@ def _error(error: Mapping[str, Any]) -> MfprefectError:
     return kind(str(error.get("message")), hint=error.get("hint"))
 
 
-def _connect(key: str, echo: Echo) -> tuple[socket.socket, bool]:
-    """A connection to the runner for `key`, starting one if none answers (then `True`)."""
+def _connect(key: str, echo: Echo) -> socket.socket:
+    """A connection to the runner for `key`, starting one if none answers."""
     conn = _try_connect(key)
     if conn is not None:
-        return conn, False
+        return conn
     echo("mfprefect: starting the local runner (it imports Prefect once; later runs reuse it) ...")
     log = _log_path(key)
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -252,7 +252,7 @@ def _connect(key: str, echo: Echo) -> tuple[socket.socket, bool]:
     while time.monotonic() < deadline:
         conn = _try_connect(key)
         if conn is not None:
-            return conn, True
+            return conn
         if starter.poll() not in (None, 0):
             raise RuntimeFailure(
                 f"the local runner could not start (exit {starter.returncode})",
