@@ -5,6 +5,7 @@ These run real supervisor and Prefect server processes, each test in its own MFP
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -199,7 +200,7 @@ def test_concurrent_callers_share_one_server(migrated_home: Home) -> None:
     migrated_home.status()
     commands = list(_processes_of(migrated_home.path).values())
     assert sum("local_server supervise" in command for command in commands) == 1, commands
-    assert sum("prefect server start" in command for command in commands) == 1, commands
+    assert sum("mfprefect.runtime.prefect_server" in command for command in commands) == 1, commands
 
 
 def test_a_stale_server_file_is_ignored_and_replaced(migrated_home: Home) -> None:
@@ -278,3 +279,80 @@ def test_a_server_that_cannot_start_is_reported_with_its_log(
     # A taken port is retried with another one, twice, before giving up.
     assert log.read_text().count("starting Prefect server") == 3
     assert server_status() is None
+
+
+_SCHEMAS = r"""
+import asyncio, json, sqlite3, sys
+from pathlib import Path
+from prefect.server.database import provide_database_interface
+from mfprefect.runtime.prefect_server import migrate_file
+
+database = provide_database_interface()
+migrate_file(Path(sys.argv[1]), database)
+asyncio.run(database.create_db())  # Prefect's own migration, into PREFECT_HOME/prefect.db
+
+
+def schema(path):
+    connection = sqlite3.connect(path)
+    objects = {}
+    for kind, name, sql in connection.execute("select type, name, sql from sqlite_master"):
+        # Batch migrations re-create tables with their constraints in set order, which differs
+        # from one process to the next: compare each statement's lines as a set.
+        objects[f"{kind} {name}"] = sorted(
+            line.strip().rstrip(",") for line in (sql or "").splitlines()
+        )
+    rows = {
+        name: connection.execute(f'select count(*) from "{name}"').fetchone()[0]
+        for kind, name in [key.split(" ", 1) for key in objects]
+        if kind == "table"
+    }
+    version = connection.execute("select version_num from alembic_version").fetchall()
+    return {"objects": objects, "rows": rows, "version": version}
+
+
+print(json.dumps([schema(sys.argv[1]), schema(str(Path(sys.argv[2]) / "prefect.db"))]))
+"""
+
+
+def test_the_fast_database_set_up_makes_the_database_prefect_would(tmp_path: Path) -> None:
+    """prefect_server.migrate_file runs Prefect's migrations without its async engine: the
+    result must be the database Prefect's own start-up migration makes (tables, indexes,
+    rows, head revision), for whichever Prefect is installed."""
+    home = tmp_path / "prefect-home"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env["PREFECT_HOME"] = str(home)
+    out = subprocess.run(
+        [sys.executable, "-W", "ignore", "-c", _SCHEMAS, str(tmp_path / "fast.db"), str(home)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    fast, prefects = json.loads(out.stdout)
+    assert len(fast["objects"]) > 100  # tables, indexes and triggers of a real schema
+    assert fast["objects"].keys() == prefects["objects"].keys()
+    for name, statement in prefects["objects"].items():
+        assert fast["objects"][name] == statement, name
+    assert fast["rows"] == prefects["rows"]
+    assert fast["version"] == prefects["version"] and len(fast["version"]) == 1
+
+
+def test_a_first_start_sets_the_database_up_fast_and_prefect_finds_it_current(home: Home) -> None:
+    url = ensure_server()
+    home.status()
+    # The API works on the database: a flow is written and read back.
+    request = urllib.request.Request(
+        f"{url}/flows/",
+        data=json.dumps({"name": "fast-db"}).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    with _opener.open(request, timeout=10) as response:
+        created = json.loads(response.read())
+    with _opener.open(f"{url}/flows/{created['id']}", timeout=10) as response:
+        assert json.loads(response.read())["name"] == "fast-db"
+    log = (home.server / "server.log").read_text()
+    assert "fast database set-up failed" not in log
+    assert (home.server / "prefect-home" / "prefect.db").exists()
+    assert not (home.server / "prefect-home" / "prefect.db.new").exists()

@@ -1,9 +1,9 @@
 """A local Prefect server that mfprefect starts on first use, reuses, and stops after idling.
 
 Prefect's own fallback without `PREFECT_API_URL` is an ephemeral server that costs 7-13 s on every
-run. Instead, the first run starts a detached *supervisor* process, which runs
-`prefect server start` in its own session and stops it once nobody has used it for a while; later
-runs find it through `<state>/server/server.json` and only pay one HTTP round trip.
+run. Instead, the first run starts a detached *supervisor* process, which runs the server
+(prefect_server.py: Prefect's API and UI) in its own session and stops it once nobody has used
+it for a while; later runs find it through `<state>/server/server.json` and only pay one HTTP round trip.
 
 Files in `<state>/server/`:
 - `server.json`: url, port and pids of the running server, written by its supervisor;
@@ -26,7 +26,6 @@ import importlib.util
 import json
 import os
 import select
-import shutil
 import signal
 import socket
 import subprocess
@@ -232,19 +231,20 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _prefect_command() -> list[str]:
-    """How to run Prefect's CLI with the interpreter mfprefect runs in."""
+def _server_command(port: int) -> list[str]:
+    """The server process (prefect_server.py), run by the interpreter mfprefect runs in."""
     # find_spec locates the package without importing it (importing Prefect costs over a second).
-    if importlib.util.find_spec("prefect") is not None:
-        return [sys.executable, "-m", "prefect"]
-    beside = Path(sys.executable).with_name("prefect")
-    script = str(beside) if beside.exists() else shutil.which("prefect")
-    if script is None:
+    if importlib.util.find_spec("prefect") is None:
         raise RuntimeFailure(
             "Prefect is not installed in this Python environment",
             hint=f"install it next to mfprefect: {sys.executable} -m pip install prefect",
         )
-    return [script]
+    return [sys.executable, "-m", "mfprefect.runtime.prefect_server"] + [
+        "--host",
+        HOST,
+        "--port",
+        str(port),
+    ]
 
 
 def server_status() -> dict[str, Any] | None:
@@ -560,7 +560,7 @@ def supervise(port: int, idle: int, echo: Echo) -> int:
     url = f"http://{HOST}:{port}/api"
     echo(f"supervisor {os.getpid()}: starting Prefect server at {url} (idle stop after {idle} s)")
     server = subprocess.Popen(
-        [*_prefect_command(), "server", "start", "--host", HOST, "--port", str(port), "--ui"],
+        _server_command(port),
         stdin=subprocess.DEVNULL,
         cwd=directory,  # not the user's project: Prefect reads prefect.toml and .env from the cwd
         env=_server_env(home, url),
