@@ -4,6 +4,7 @@
     python benchmarks/run.py --repeat 1 --only dask     # writes benchmarks/RESULTS-dask.md
     python benchmarks/run.py --repeat 3 --only resume   # writes benchmarks/RESULTS-resume.md
     python benchmarks/run.py --repeat 3 --only workspace   # writes benchmarks/RESULTS-workspace.md
+    python benchmarks/run.py --repeat 3 --only concurrent  # writes benchmarks/RESULTS-concurrent.md
 
 Writes benchmarks/RESULTS.md (and, with --readme, the table between the markers in README.md).
 Each workload runs in fresh temporary folders; peak memory is the PSS of the whole process tree
@@ -253,12 +254,57 @@ def bench_local_runs(repeat: int, work: Path, only: set[str]) -> list[Row]:
         if key == "split":
             row.note += f"; split part: {split_part(env, work):.2f} s (ours, last run)"
         rows.append(row)
-    subprocess.run(
-        [sys.executable, "-m", "mfprefect.runtime.local_server", "stop"],
-        env=env,
-        capture_output=True,
-    )
+    _stop_local_server(env)
     return rows
+
+
+def _at_once(command: list[str], env: dict[str, str], cwd: Path, count: int) -> Sample:
+    """Wall time until all of `count` copies of a command, started together, have finished."""
+    started = time.perf_counter()
+    procs = [
+        subprocess.Popen(
+            command, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
+        for _ in range(count)
+    ]
+    outputs = [proc.communicate()[0] for proc in procs]
+    elapsed = time.perf_counter() - started
+    for proc, output in zip(procs, outputs, strict=True):
+        if proc.returncode != 0:
+            raise RuntimeError(
+                f"{' '.join(command)} failed ({proc.returncode}):\n{output[-3000:]!r}"
+            )
+    return Sample(elapsed, 0.0)
+
+
+def bench_concurrent(repeat: int, work: Path) -> list[Row]:
+    """Runs of the linear flow started at once from separate commands, against one run alone."""
+    env = base_env(work)
+    command = python_flow("linear3.py") + ["prefect", "run"]
+    measure(command, env, work)  # the local server and the runner are up from here on
+    rows = []
+    for count in (2, 4):
+        row = Row(
+            f"{count} runs of the 3-step linear flow started at once, against one run",
+            f"{count} x python linear3.py prefect run",
+            "python linear3.py prefect run",
+            note="target: at most 1.5x",
+        )
+        alternate(
+            row,
+            repeat,
+            lambda count=count: _at_once(command, env, work, count),
+            lambda: _at_once(command, env, work, 1),
+        )
+        rows.append(row)
+    _stop_local_server(env)
+    return rows
+
+
+def _stop_local_server(env: dict[str, str]) -> None:
+    subprocess.run(
+        [sys.executable, "-m", "mfprefect", "server", "stop"], env=env, capture_output=True
+    )
 
 
 def split_part(env: dict[str, str], work: Path) -> float:
@@ -1012,6 +1058,8 @@ def main() -> int:
             rows += bench_deploy(args.repeat, _fresh(work / "deploy"))
         if "resume" in only:
             rows += bench_resume(args.repeat, _fresh(work / "resume"))
+        if "concurrent" in only:
+            rows += bench_concurrent(args.repeat, _fresh(work / "concurrent"))
         if "dask" in only:
             rows += bench_dask(args.repeat, _fresh(work / "dask"))
     text = table(rows, args.repeat)
