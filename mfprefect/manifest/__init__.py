@@ -14,9 +14,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from . import cron, kinds, yamlsafe
-from .diagnostics import ERROR, WARNING, Diagnostic, did_you_mean
-from .errors import ManifestError, UsageError
+from .. import cron, kinds, yamlsafe
+from ..diagnostics import ERROR, WARNING, Diagnostic, did_you_mean
+from ..errors import ManifestError, UsageError
 
 API_VERSION = "mfprefect/v1"
 KIND = "Pipeline"
@@ -432,9 +432,9 @@ def _flow_file_warnings(doc: yamlsafe.Document, folder: Path) -> list[Diagnostic
 
 def schema_path() -> Path:
     """The JSON Schema file: the copy inside an installed wheel, else the checkout's `schema/`."""
-    here = Path(__file__).resolve().parent
-    packaged = here / "_schema" / SCHEMA_NAME
-    return packaged if packaged.is_file() else here.parent / "schema" / SCHEMA_NAME
+    package = Path(__file__).resolve().parent.parent  # mfprefect/, where the wheel puts _schema/
+    packaged = package / "_schema" / SCHEMA_NAME
+    return packaged if packaged.is_file() else package.parent / "schema" / SCHEMA_NAME
 
 
 @lru_cache(maxsize=1)
