@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import cron, kinds, yamlsafe
-from ..diagnostics import ERROR, WARNING, Diagnostic, did_you_mean
+from ..diagnostics import ERROR, WARNING, Diagnostic, did_you_mean, value_text
 from ..errors import ManifestError, UsageError
 
 API_VERSION = "mfprefect/v1"
@@ -506,19 +506,6 @@ _TYPE_WORDS = {
 }
 
 
-def _describe(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, dict):
-        return "a mapping"
-    if isinstance(value, list):
-        return "a list"
-    text = repr(value) if isinstance(value, str) else str(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
 def _json_type(value: Any) -> str:
     if value is None:
         return "null"
@@ -583,7 +570,7 @@ def _map_error(doc: yamlsafe.Document, error: Any) -> Iterator[Diagnostic]:
         # jsonschema reports the failing keyword (pattern, maxLength) with the key as instance.
         key = instance
         yield doc.diagnostic(
-            path + (key,), "schema.name", f"{_describe(key)} is not {_expected(sub)}", key=True
+            path + (key,), "schema.name", f"{value_text(key)} is not {_expected(sub)}", key=True
         )
         return
     if validator in ("anyOf", "oneOf"):
@@ -608,29 +595,29 @@ def _map_error(doc: yamlsafe.Document, error: Any) -> Iterator[Diagnostic]:
                     yield from _map_error(doc, inner)
                 return
         yield doc.diagnostic(
-            path, "schema.type", f"expected {_expected(sub)}, got {_describe(instance)}"
+            path, "schema.type", f"expected {_expected(sub)}, got {value_text(instance)}"
         )
         return
     if validator == "type":
         yield doc.diagnostic(
-            path, "schema.type", f"expected {_expected(sub)}, got {_describe(instance)}"
+            path, "schema.type", f"expected {_expected(sub)}, got {value_text(instance)}"
         )
         return
     if validator == "enum":
         choices = [str(v) for v in error.validator_value]
         hint = did_you_mean(str(instance), choices) if isinstance(instance, str) else ""
         yield doc.diagnostic(
-            path, "schema.enum", f"{_describe(instance)} is not one of: {', '.join(choices)}{hint}"
+            path, "schema.enum", f"{value_text(instance)} is not one of: {', '.join(choices)}{hint}"
         )
         return
     if validator == "const":
         yield doc.diagnostic(
-            path, "schema.const", f"must be `{error.validator_value}`, got {_describe(instance)}"
+            path, "schema.const", f"must be `{error.validator_value}`, got {value_text(instance)}"
         )
         return
     if validator == "pattern":
         yield doc.diagnostic(
-            path, "schema.pattern", f"{_describe(instance)} is not {_expected(sub)}"
+            path, "schema.pattern", f"{value_text(instance)} is not {_expected(sub)}"
         )
         return
     if validator in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
@@ -643,7 +630,7 @@ def _map_error(doc: yamlsafe.Document, error: Any) -> Iterator[Diagnostic]:
         yield doc.diagnostic(
             path,
             "schema.range",
-            f"{_describe(instance)} must be {words[validator]} {error.validator_value}",
+            f"{value_text(instance)} must be {words[validator]} {error.validator_value}",
         )
         return
     if validator in (
@@ -824,7 +811,7 @@ def _job_variable_rules(doc: yamlsafe.Document, job_variables: Any) -> list[Diag
                 doc.diagnostic(
                     (*where, name),
                     "deployment.job-env",
-                    f"expected a string, got {_describe(value)} (quote it)",
+                    f"expected a string, got {value_text(value)} (quote it)",
                 )
             )
     return out
@@ -1221,7 +1208,7 @@ def _parameter_rules(doc: yamlsafe.Document, parameters: dict[str, Any]) -> list
                 doc.diagnostic(
                     ("parameters", name, "default"),
                     "parameters.default",
-                    f"default {_describe(default)} is not a `{kind}`",
+                    f"default {value_text(default)} is not a `{kind}`",
                 )
             )
     return out
