@@ -68,9 +68,10 @@ def _alive(pid: int) -> bool:
 
 def _processes_with(marker: str, server: dict[str, str]) -> list[int]:
     """Live processes whose environment holds `marker` (zygotes and exec'd steps of one test),
-    except the runner itself, which a test's command may have started with its environment."""
+    except the runner itself, which a test's command may have started with its environment, and
+    the runner's zygote templates, which outlive runs by design (runtime/templates.py)."""
     found = []
-    skip = {os.getpid(), *_runner_pids(server)}
+    skip = {os.getpid(), *_runner_pids(server), *_template_pids(server)}
     for entry in os.listdir("/proc"):
         if not entry.isdigit() or int(entry) in skip:
             continue
@@ -94,6 +95,23 @@ def _wait_gone(pids: list[int], timeout: float = 20) -> list[int]:
 def _runner_pids(server: dict[str, str]) -> list[int]:
     files = (Path(server["MFPREFECT_HOME"]) / "runner").glob("*.pid")
     return [int(f.read_text()) for f in files if f.exists()]
+
+
+def _template_pids(server: dict[str, str]) -> list[int]:
+    """The runners' zygote templates: their children started as `zygote --template`."""
+    runners = {str(pid) for pid in _runner_pids(server)}
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/stat") as handle:
+                parent = handle.read().rsplit(")", 1)[1].split()[1]
+            with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                template = b"mfprefect.runtime.zygote\0--template" in handle.read()
+        except (OSError, IndexError):
+            continue
+        if parent in runners and template:
+            found.append(int(entry))
+    return found
 
 
 def _runner_pid(server: dict[str, str]) -> int:
@@ -131,6 +149,36 @@ def test_command_never_imports_prefect_and_reuses_the_runner(
     assert all(
         "mfprefect.runtime.zygote" in t["data"]["orig_argv"] for t in dumped["steps"]["body"]
     )
+
+
+def test_runs_fork_their_zygotes_from_one_template_per_startup_environment(
+    server: dict[str, str], tmp_path: Path
+) -> None:
+    """Metaflow is imported once per startup environment, not once per run: each run's zygote
+    is forked from the runner's template for that environment (runtime/templates.py)."""
+
+    def lineage(env: dict[str, str]) -> tuple[set[int], set[int]]:
+        (tmp_path / "ran").unlink(missing_ok=True)
+        result = flow_cli(FAULT_FLOW, "prefect", "run", env=env, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr[-3000:]
+        lines = [line.split() for line in (tmp_path / "ran").read_text().splitlines()]
+        assert len(lines) == 6
+        return {int(line[2]) for line in lines}, {int(line[3]) for line in lines}
+
+    env = _env(server, tmp_path)
+    zygotes_1, templates_1 = lineage(env)
+    zygotes_2, templates_2 = lineage(env)
+    # One zygote per run, both forked by the same template, a child of the runner.
+    assert len(zygotes_1) == 1 and len(zygotes_2) == 1 and zygotes_1 != zygotes_2
+    assert templates_1 == templates_2 and len(templates_1) == 1
+    (template,) = templates_1
+    assert template in _template_pids(server)
+    # A variable Metaflow reads at import makes (and then reuses) a template of its own.
+    other = dict(env, METAFLOW_MFPREFECT_TEST_TEMPLATE="1")
+    _, templates_3 = lineage(other)
+    _, templates_4 = lineage(other)
+    assert templates_3 == templates_4 and templates_3 != templates_1
+    assert _alive(template)
 
 
 def test_python_python3_and_the_mfprefect_script_share_one_runner(
@@ -386,5 +434,8 @@ def test_an_idle_runner_exits_by_itself(server: dict[str, str], tmp_path: Path) 
     pid_files = list((home / "runner").glob("*.pid"))
     assert len(pid_files) == 1
     pid = int(pid_files[0].read_text())
+    templates = _template_pids({"MFPREFECT_HOME": str(home)})
+    assert len(templates) == 1, templates
     assert not _wait_gone([pid], timeout=15), "the idle runner did not exit"
+    assert not _wait_gone(templates), "the runner's zygote template outlived it"
     assert not pid_files[0].exists()

@@ -372,13 +372,19 @@ async def _locked_environment(
         raise
 
 
-def _start_zygote(manifest: Manifest, env: Mapping[str, str]) -> Zygote | None:
+# How a run gets its step launcher: (environment, working directory, flow folder) -> zygote.
+StartZygote = Callable[[Mapping[str, str], str, str], "Zygote | None"]
+
+
+def _start_zygote(
+    manifest: Manifest, env: Mapping[str, str], start: StartZygote = Zygote
+) -> Zygote | None:
     """The run's step launcher, unless MFPREFECT_FORK_STEPS=0 asks for fresh processes."""
     if not forking_enabled():
         return None
     try:
-        return Zygote(env, os.getcwd(), str(manifest.flow_path().parent))
-    except OSError:
+        return start(env, os.getcwd(), str(manifest.flow_path().parent))
+    except (OSError, ValueError):
         return None
 
 
@@ -454,12 +460,14 @@ def run_manifest(
     tags_: tuple[str, ...] = (),
     clone_run_id: str | None = None,
     step_to_rerun: str | None = None,
+    start_zygote: StartZygote = Zygote,
 ) -> RunSummary:
     """Run the whole pipeline as one Prefect flow run, in this process. Raises StepFailed.
 
     With `clone_run_id` it is a resume: tasks that succeeded in that run are copied (no user
     code runs), except in `step_to_rerun` and after it, and the rest run, with the original
-    run's parameter values.
+    run's parameter values. `start_zygote` makes the run's step launcher (the local runner
+    passes one that asks it for a fork of a shared template).
     """
     # Usage errors (parameters, environment references, an unknown run) before any flow run exists.
     clones: resume.Clones = {}
@@ -492,7 +500,7 @@ def run_manifest(
         # Steps on a cluster start on its workers; the flow (sent with each task) holds no zygote.
         zygote=None
         if manifest.deployment.executor.kind == "dask"
-        else _start_zygote(manifest, commands.runtime_environment(shared)),
+        else _start_zygote(manifest, commands.runtime_environment(shared), start_zygote),
     )
     prefect_flow = build_flow(manifest, options)
     try:

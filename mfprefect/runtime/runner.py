@@ -39,6 +39,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,7 @@ from . import waiter
 from .datastore import Datastore
 from .engine import RunSummary
 from .processes import die_with_parent
+from .templates import Templates, zygote_from_runner
 
 ENABLE_ENV = "MFPREFECT_RUNNER"
 IDLE_ENV = "MFPREFECT_RUNNER_IDLE_SECONDS"
@@ -356,70 +358,104 @@ def _serve(key: str, listener: socket.socket) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # only a run's own command may interrupt it
     print(f"mfprefect runner {os.getpid()} serving {key}", flush=True)
-    runs: set[int] = set()
+    runs: dict[int, socket.socket] = {}  # run child -> its channel (see _Templates)
+    templates = Templates(key)
     served = 0
     closing: str | None = None
-    while True:
-        if _reap(runs):
-            last_used = time.monotonic()
-        if closing is not None:
-            if not runs:
-                print(f"{closing}: exiting", flush=True)
-                return 0
-            time.sleep(0.1)
-            continue
-        ready, _, _ = select.select([listener], [], [], 0.2 if runs else CHECK_SECONDS)
-        if ready:
-            conn, _ = listener.accept()
-            try:
-                if _peer_uid(conn) == os.getuid():
-                    runs.add(_fork_run(conn, listener))
-                    served += 1
-            finally:
-                conn.close()
-            last_used = time.monotonic()
-        if time.monotonic() < next_check:
-            continue
-        next_check = time.monotonic() + CHECK_SECONDS
-        if served >= RECYCLE_AFTER_RUNS:
-            closing = f"served {served} runs (the next command starts afresh)"
-        elif _source_stamp() != stamp:
-            closing = "mfprefect's source changed"
-        elif not all(folder.is_dir() for folder in watched):
-            closing = "PREFECT_HOME or MFPREFECT_HOME is gone"
-        elif not runs and time.monotonic() - last_used > idle_limit:
-            closing = f"idle for {idle_limit:.0f} s"
-        if closing is not None:
-            # A command from now on starts a new runner; this one waits for its runs.
-            listener.close()
+    try:
+        while True:
+            for pid in _reap(runs):
+                templates.release(pid)
+                last_used = time.monotonic()
+            if closing is not None:
+                if not runs:
+                    print(f"{closing}: exiting", flush=True)
+                    return 0
+                time.sleep(0.1)
+                continue
+            channels = {channel: pid for pid, channel in runs.items()}
+            ready, _, _ = select.select(
+                [listener, *channels], [], [], 0.2 if runs else CHECK_SECONDS
+            )
+            for readable in ready:
+                if readable is not listener:
+                    templates.answer(channels[readable], readable)
+                    continue
+                conn, _ = listener.accept()
+                try:
+                    if _peer_uid(conn) == os.getuid():
+                        pid, channel = _fork_run(conn, listener, list(channels))
+                        runs[pid] = channel
+                        served += 1
+                finally:
+                    conn.close()
+                last_used = time.monotonic()
+            if time.monotonic() < next_check:
+                continue
+            next_check = time.monotonic() + CHECK_SECONDS
+            templates.evict(idle_limit)
+            closing = _closing(served, stamp, watched, runs, last_used, idle_limit)
+            if closing is not None:
+                # A command from now on starts a new runner; this one waits for its runs.
+                listener.close()
+    finally:
+        templates.stop_all()
 
 
-def _reap(runs: set[int]) -> bool:
-    """Collect the run children that have exited; True if any had."""
-    done = False
+def _closing(
+    served: int,
+    stamp: str,
+    watched: list[Path],
+    runs: Mapping[int, Any],
+    last_used: float,
+    idle_limit: float,
+) -> str | None:
+    """Why the runner should stop taking commands now, if it should."""
+    if served >= RECYCLE_AFTER_RUNS:
+        return f"served {served} runs (the next command starts afresh)"
+    if _source_stamp() != stamp:
+        return "mfprefect's source changed"
+    if not all(folder.is_dir() for folder in watched):
+        return "PREFECT_HOME or MFPREFECT_HOME is gone"
+    if not runs and time.monotonic() - last_used > idle_limit:
+        return f"idle for {idle_limit:.0f} s"
+    return None
+
+
+def _reap(runs: dict[int, socket.socket]) -> list[int]:
+    """Collect the run children that have exited (closing their channels); return their pids."""
+    done = []
     for pid in list(runs):
         try:
             finished, _ = os.waitpid(pid, os.WNOHANG)
         except ChildProcessError:
             finished = pid
         if finished:
-            runs.discard(pid)
-            done = True
+            runs.pop(pid).close()
+            done.append(pid)
     return done
 
 
-def _fork_run(conn: socket.socket, listener: socket.socket) -> int:
-    """Fork the child that runs this command's pipeline; return its pid."""
+def _fork_run(
+    conn: socket.socket, listener: socket.socket, others: list[socket.socket]
+) -> tuple[int, socket.socket]:
+    """Fork the child that runs this command's pipeline; return its pid and the runner's end
+    of its channel (on which it asks for a step launcher)."""
     runner = os.getpid()
+    ours, theirs = socket.socketpair()
     pid = os.fork()
     if pid:
-        return pid
+        theirs.close()
+        return pid, ours
     code = 1
     try:
         listener.close()
+        ours.close()
+        for channel in others:
+            channel.close()
         die_with_parent(signal.SIGKILL, parent=runner)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        _serve_run(conn)
+        _serve_run(conn, theirs)
         code = 0
     except BaseException:  # noqa: BLE001 - the child reports and exits, whatever happened
         import traceback
@@ -438,7 +474,7 @@ def _fork_run(conn: socket.socket, listener: socket.socket) -> int:
         os._exit(code)
 
 
-def _serve_run(conn: socket.socket) -> None:
+def _serve_run(conn: socket.socket, channel: socket.socket) -> None:
     """In the run child: take the command's request and streams, run it, answer."""
     with contextlib.suppress(OSError):
         conn.sendall(ACCEPTED)
@@ -449,7 +485,7 @@ def _serve_run(conn: socket.socket) -> None:
     if request is None:
         return
     try:
-        reply = _run_request(request, conn)
+        reply = _run_request(request, conn, channel)
     except Exception as exc:  # noqa: BLE001 - reported to the command
         import traceback
 
@@ -477,7 +513,9 @@ def _receive(conn: socket.socket) -> dict[str, Any] | None:
     return request
 
 
-def _run_request(request: Mapping[str, Any], conn: socket.socket) -> dict[str, Any]:
+def _run_request(
+    request: Mapping[str, Any], conn: socket.socket, channel: socket.socket
+) -> dict[str, Any]:
     from ..manifest import from_data
     from .prefect_flow import run_manifest
 
@@ -509,6 +547,7 @@ def _run_request(request: Mapping[str, Any], conn: socket.socket) -> dict[str, A
             tags_=tuple(request.get("tags", ())),
             clone_run_id=request.get("clone_run_id"),
             step_to_rerun=request.get("step_to_rerun"),
+            start_zygote=partial(zygote_from_runner, channel),
         )
     except MfprefectError as exc:
         return {"error": {"exit_code": exc.exit_code, "message": exc.message, "hint": exc.hint}}

@@ -23,14 +23,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import os
 import selectors
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Mapping
 from functools import partial
 from typing import Any
@@ -131,6 +134,8 @@ def _child(
         os.chdir(request["cwd"])
         env = request["env"]
         args = request["args"]
+        os.environ.clear()
+        os.environ.update(env)
         if request.get("call"):
             # A datastore call on the runner's behalf (it does not import Metaflow itself).
             from . import datastore
@@ -140,8 +145,6 @@ def _child(
             return
         if request.get("exec"):
             os.execve(args[0], args, env)
-        os.environ.clear()
-        os.environ.update(env)
         flow_file = os.path.abspath(args[1])
         sys.argv = args[1:]
         sys.path[0] = os.path.dirname(flow_file)
@@ -207,6 +210,14 @@ def serve(address: str, flow_dir: str) -> int:
     """
     die_with_parent(signal.SIGTERM)
     main_globals = _preload()
+    return _serve_run(address, flow_dir, sys.stdin.fileno(), sys.stdout.fileno(), main_globals)
+
+
+def _serve_run(
+    address: str, flow_dir: str, control: int, ready: int, main_globals: dict[str, Any]
+) -> int:
+    """One run's zygote, Metaflow loaded: listen at `address`, say ready, fork steps until
+    `control` closes or a stop signal comes."""
     _ask_git_once(flow_dir)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(address)
@@ -216,16 +227,16 @@ def serve(address: str, flow_dir: str) -> int:
     signal.set_wakeup_fd(wake_w)
     for sig in _HANDLED_SIGNALS:
         signal.signal(sig, _wake)
-    sys.stdout.write("ready\n")
-    sys.stdout.flush()
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _HANDLED_SIGNALS)
+    os.write(ready, b"ready\n")
 
     selector = selectors.DefaultSelector()
     selector.register(listener, selectors.EVENT_READ, "accept")
     selector.register(wake_r, selectors.EVENT_READ, "signal")
-    selector.register(sys.stdin.fileno(), selectors.EVENT_READ, "control")
+    selector.register(control, selectors.EVENT_READ, "control")
     children: dict[int, socket.socket] = {}
     pending: dict[socket.socket, bytearray] = {}
-    private = {listener.fileno(), wake_r, wake_w}
+    private = {listener.fileno(), wake_r, wake_w, control}
 
     def reap() -> None:
         while children:
@@ -256,7 +267,6 @@ def serve(address: str, flow_dir: str) -> int:
     def start(conn: socket.socket, request: dict[str, Any], fds: list[int]) -> None:
         keep = private | {c.fileno() for c in children.values()} | {conn.fileno()}
         keep |= {c.fileno() for c in pending}
-        keep.add(sys.stdin.fileno())
         signal.pthread_sigmask(signal.SIG_BLOCK, _HANDLED_SIGNALS)
         try:
             pid = os.fork()
@@ -273,7 +283,7 @@ def serve(address: str, flow_dir: str) -> int:
         while True:
             for key, _ in selector.select():
                 if key.data == "control":
-                    if not os.read(sys.stdin.fileno(), 4096):
+                    if not os.read(control, 4096):
                         return 0
                 elif key.data == "signal":
                     signals = b""
@@ -315,6 +325,131 @@ def serve(address: str, flow_dir: str) -> int:
                 os.kill(pid, signal.SIGKILL)
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pid, signal.SIGKILL)
+
+
+def serve_template(name: str, runner: int) -> int:
+    """A zygote shared by the runs of one runner: preload Metaflow once, then fork a run's
+    zygote (`_serve_run`) for each connection to the abstract socket `name`, until stdin
+    closes or the runner dies.
+
+    A connection sends one JSON line `{"address", "flow_dir", "cwd"}` and stays open for the
+    run: the forked zygote says ready on it, and stops (killing its steps) when it closes. The
+    runner keeps one template per startup environment (see `template_key`).
+    """
+    die_with_parent(signal.SIGTERM, parent=runner)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    # Bound before the preload: a run's connection waits in the backlog meanwhile.
+    listener.bind("\0" + name)
+    listener.listen(64)
+    main_globals = _preload()
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)
+    for sig in _HANDLED_SIGNALS:
+        signal.signal(sig, _wake)
+    selector = selectors.DefaultSelector()
+    selector.register(listener, selectors.EVENT_READ, "accept")
+    selector.register(wake_r, selectors.EVENT_READ, "signal")
+    selector.register(sys.stdin.fileno(), selectors.EVENT_READ, "control")
+    runs: set[int] = set()
+    template = os.getpid()
+    try:
+        while True:
+            for key, _ in selector.select():
+                if key.data == "control":
+                    if not os.read(sys.stdin.fileno(), 4096):
+                        return 0
+                elif key.data == "signal":
+                    signals = b""
+                    with contextlib.suppress(BlockingIOError):
+                        signals = os.read(wake_r, 4096)
+                    if _STOP_SIGNALS.intersection(signals):
+                        return 0
+                else:
+                    conn, _ = listener.accept()
+                    with contextlib.suppress(OSError, ValueError):
+                        request = _run_request(conn)
+                        if request is not None:
+                            runs.add(_fork_run_zygote(conn, request, main_globals, template))
+                    conn.close()
+            for pid in list(runs):
+                with contextlib.suppress(ChildProcessError):
+                    if os.waitpid(pid, os.WNOHANG)[0] == 0:
+                        continue
+                runs.discard(pid)
+    finally:
+        for pid in runs:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+
+
+def _run_request(conn: socket.socket) -> dict[str, Any] | None:
+    """The one request line of a run's connection, from a process of this user only."""
+    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    if struct.unpack("3i", creds)[1] != os.getuid():
+        return None
+    conn.settimeout(10)
+    buffer = b""
+    while not buffer.endswith(b"\n"):
+        data = conn.recv(65536)
+        if not data or len(buffer) > _MAX_REQUEST:
+            return None
+        buffer += data
+    conn.settimeout(None)
+    request: dict[str, Any] = json.loads(buffer)
+    return request
+
+
+def _fork_run_zygote(
+    conn: socket.socket, request: dict[str, Any], main_globals: dict[str, Any], template: int
+) -> int:
+    """Fork one run's zygote from the template; return its pid."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, _HANDLED_SIGNALS)
+    try:
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                # The template's wakeup pipe, listener and stdin are not the run zygote's.
+                signal.set_wakeup_fd(-1)
+                die_with_parent(signal.SIGTERM, parent=template)
+                os.closerange(3, conn.fileno())
+                os.closerange(conn.fileno() + 1, 1 << 16)
+                null = os.open(os.devnull, os.O_RDONLY)
+                os.dup2(null, 0)
+                os.close(null)
+                os.chdir(request["cwd"])
+                control = conn.fileno()
+                code = _serve_run(
+                    request["address"], request["flow_dir"], control, control, main_globals
+                )
+            except BaseException:  # noqa: BLE001 - never return into the template's loop
+                with contextlib.suppress(BaseException):
+                    import traceback
+
+                    traceback.print_exc()
+            finally:
+                os._exit(code)
+        return pid
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _HANDLED_SIGNALS)
+
+
+def template_key(env: Mapping[str, str], cwd: str) -> str:
+    """Which template can fork a run's zygote: the same variables read at import, the same
+    folder (first on sys.path), the same Metaflow configuration files and installed packages
+    (a `pip install` changes its site-packages folder)."""
+    parts = [cwd, json.dumps(sorted(startup_variables(env).items()))]
+    home = env.get("METAFLOW_HOME") or os.path.join(env.get("HOME", "~"), ".metaflowconfig")
+    folders = [os.path.expanduser(home), *(p for p in sys.path if p)]
+    for folder in folders:
+        with contextlib.suppress(OSError):
+            parts.append(f"{folder}:{os.stat(folder).st_mtime_ns}")
+    with contextlib.suppress(OSError):
+        for entry in sorted(os.scandir(os.path.expanduser(home)), key=lambda e: e.name):
+            stat = entry.stat()
+            parts.append(f"{entry.name}:{stat.st_mtime_ns}:{stat.st_size}")
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:24]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -375,41 +510,76 @@ class ForkedProcess:
         return self.returncode
 
 
+# A template just started binds its socket within a few tenths of a second.
+_TEMPLATE_CONNECT_SECONDS = 10.0
+
+
+def _connect_template(name: str) -> socket.socket:
+    deadline = time.monotonic() + _TEMPLATE_CONNECT_SECONDS
+    while True:
+        conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            conn.connect("\0" + name)
+            return conn
+        except ConnectionRefusedError:
+            conn.close()
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+
+
 class Zygote:
     """The runner's handle on one run's zygote; `spawn` falls back to exec when it must."""
 
-    def __init__(self, env: Mapping[str, str], cwd: str, flow_dir: str) -> None:
+    def __init__(
+        self, env: Mapping[str, str], cwd: str, flow_dir: str, template: str | None = None
+    ) -> None:
+        """Start a zygote process of this run's own, or, with `template` (the abstract socket
+        name of a `serve_template` process), have that one fork it."""
         self.env = dict(env)
         self._folder = tempfile.mkdtemp(prefix="mfprefect-zygote-")
         self.address = os.path.join(self._folder, "socket")
-        self._proc = subprocess.Popen(
-            [sys.executable, "-m", "mfprefect.runtime.zygote", self.address, flow_dir],
-            env=self.env,
-            cwd=cwd,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=None,
-        )
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._control: socket.socket | None = None
+        try:
+            if template is None:
+                self._proc = subprocess.Popen(
+                    [sys.executable, "-m", "mfprefect.runtime.zygote", self.address, flow_dir],
+                    env=self.env,
+                    cwd=cwd,
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    stderr=None,
+                )
+                assert self._proc.stdout is not None
+                self._answers = self._proc.stdout
+            else:
+                self._control = _connect_template(template)
+                request = {"address": self.address, "flow_dir": flow_dir, "cwd": cwd}
+                self._control.sendall((json.dumps(request) + "\n").encode())
+                self._answers = self._control.makefile("rb")
+        except BaseException:
+            self.close()
+            raise
         self._ready: bool | None = None
 
     async def ready(self) -> bool:
         """Wait for the preload to finish; False if the zygote could not start."""
         if self._ready is None:
-            assert self._proc.stdout is not None
-            stdout = self._proc.stdout
-            line = await asyncio.get_running_loop().run_in_executor(None, stdout.readline)
+            line = await asyncio.get_running_loop().run_in_executor(None, self._answers.readline)
             self._ready = line.strip() == b"ready"
         return self._ready
 
     def wait_ready(self) -> bool:
         """`ready`, blocking this thread (for a caller that has no event loop of its own yet)."""
         if self._ready is None:
-            assert self._proc.stdout is not None
-            self._ready = self._proc.stdout.readline().strip() == b"ready"
+            self._ready = self._answers.readline().strip() == b"ready"
         return self._ready
 
     def alive(self) -> bool:
-        return self._proc.poll() is None
+        if self._proc is not None:
+            return self._proc.poll() is None
+        return self._control is not None and self._ready is not False
 
     async def spawn(
         self,
@@ -501,15 +671,21 @@ class Zygote:
     def close(self) -> None:
         """Stop the zygote (it kills any step still running) and remove its socket.
 
-        Closing its stdin is the signal; nothing waits for it to exit, which would delay the
-        end of every run by the zygote's own shutdown.
+        Closing its stdin (or, for one forked by a template, the connection) is the signal;
+        nothing waits for it to exit, which would delay the end of every run by the zygote's
+        own shutdown.
         """
-        with contextlib.suppress(OSError):
-            if self._proc.stdin is not None:
-                self._proc.stdin.close()
-        self._proc.poll()
-        if self._proc.stdout is not None:
-            self._proc.stdout.close()
+        if self._proc is not None:
+            with contextlib.suppress(OSError):
+                if self._proc.stdin is not None:
+                    self._proc.stdin.close()
+            self._proc.poll()
+            if self._proc.stdout is not None:
+                self._proc.stdout.close()
+        if self._control is not None:
+            with contextlib.suppress(AttributeError, OSError):
+                self._answers.close()
+            self._control.close()
         with contextlib.suppress(OSError):
             os.unlink(self.address)
         with contextlib.suppress(OSError):
@@ -517,4 +693,6 @@ class Zygote:
 
 
 if __name__ == "__main__":
+    if sys.argv[1] == "--template":
+        sys.exit(serve_template(sys.argv[2], int(sys.argv[3])))
     sys.exit(serve(sys.argv[1], sys.argv[2]))

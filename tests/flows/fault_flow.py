@@ -7,9 +7,17 @@ import time
 from metaflow import FlowSpec, step
 
 
+def _parent_of(pid):
+    with open(f"/proc/{pid}/stat") as handle:
+        return int(handle.read().rsplit(")", 1)[1].split()[1])
+
+
 def _record(name):
+    """The step's name, pid, and its parent's and grandparent's pids (the run's zygote and the
+    template that forked it, when the step was forked)."""
+    parent = os.getppid()
     with open(os.environ["FAULT_LOG"], "a") as handle:
-        handle.write(f"{name} {os.getpid()}\n")
+        handle.write(f"{name} {os.getpid()} {parent} {_parent_of(parent)}\n")
 
 
 class FaultFlow(FlowSpec):
