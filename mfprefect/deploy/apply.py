@@ -13,8 +13,16 @@ from ..errors import ManifestError, MfprefectError, RuntimeFailure
 from ..kinds import LABELS, WORK_POOL, Resource
 from . import apply_workspace
 from .code import CodeRef, code_env, package_ref
-from .desired import OWNER_TAG, AutomationSpec, DeploymentSpec
-from .plan import Change, LiveAutomation, LiveDeployment, LiveSchedule, Plan, plan
+from .desired import OWNER_TAG, AutomationSpec, DeploymentSpec, ScheduleSpec
+from .plan import (
+    Change,
+    LiveAutomation,
+    LiveDeployment,
+    LiveSchedule,
+    Plan,
+    ScheduleOp,
+    plan,
+)
 from .resources import ResourceSpec, spec_for
 
 # Stores a deployment's code package and says where it is (see mfprefect.package).
@@ -422,7 +430,6 @@ def _with_code(fields: dict[str, Any], ref: CodeRef) -> dict[str, Any]:
 
 async def _apply_one(client: Any, change: Change, built: CodeRef | None = None) -> None:
     from prefect.client.schemas.actions import DeploymentScheduleCreate, DeploymentUpdate
-    from prefect.client.schemas.schedules import CronSchedule
 
     if change.action == "delete":
         assert change.live is not None
@@ -452,11 +459,7 @@ async def _apply_one(client: Any, change: Change, built: CodeRef | None = None) 
     if change.action == "create":
         flow_id = await client.create_flow_from_name(spec.flow_name)
         schedules = [
-            DeploymentScheduleCreate(
-                schedule=CronSchedule(cron=s.cron, timezone=s.timezone or "UTC"),
-                active=s.active,
-                slug=s.slug,
-            )
+            DeploymentScheduleCreate(schedule=_cron(s), active=s.active, slug=s.slug)
             for s in spec.schedules
         ]
         deployment_id = await client.create_deployment(
@@ -479,49 +482,59 @@ async def _apply_one(client: Any, change: Change, built: CodeRef | None = None) 
     if update:
         update["version"] = fields["version"]
         await client.update_deployment(change.live.id, DeploymentUpdate(**update))
-    for op, want, have in change.schedule_ops:
-        if op == "create" and want is not None:
-            try:
-                await client.create_deployment_schedules(
-                    change.live.id,
-                    [
-                        DeploymentScheduleCreate(
-                            schedule=CronSchedule(cron=want.cron, timezone=want.timezone or "UTC"),
-                            active=want.active,
-                            slug=want.slug,
-                        )
-                    ],
-                )
-            except Exception as exc:  # noqa: BLE001
-                # Slugs are unique per deployment: another apply added it first; set it to ours.
-                if not _is_status(exc, 409):
-                    raise
-                current = await client.read_deployment_schedules(change.live.id)
-                have = next((s for s in current if s.slug == want.slug), None)
-                if have is None:
-                    raise
-                op = "update"
-        if op == "update" and want is not None and have is not None:
-            await client.update_deployment_schedule(
-                change.live.id,
-                have.id,
-                active=want.active,
-                schedule=CronSchedule(cron=want.cron, timezone=want.timezone or "UTC"),
-            )
-        elif op == "delete" and have is not None:
-            await _gone(client.delete_deployment_schedule(change.live.id, have.id))
-    for op, want_automation, have_automation in change.automation_ops:
-        if op == "create" and want_automation is not None:
-            await client.create_automation(_automation_core(spec, want_automation, change.live.id))
-        elif op == "update" and want_automation is not None and have_automation is not None:
+    for schedule in change.schedule_ops:
+        await _apply_schedule(client, change.live.id, schedule)
+    for automation in change.automation_ops:
+        if automation.op == "create" and automation.want is not None:
+            await client.create_automation(_automation_core(spec, automation.want, change.live.id))
+        elif automation.op == "update" and automation.want is not None and automation.have:
             # In place, so the automation keeps its id (and its history).
             await client.update_automation(
-                have_automation.id, _automation_core(spec, want_automation, change.live.id)
+                automation.have.id, _automation_core(spec, automation.want, change.live.id)
             )
-        elif op == "delete" and have_automation is not None:
-            await _gone(client.delete_automation(have_automation.id))
-    if any(op == "create" for op, _, _ in change.automation_ops):
+        elif automation.op == "delete" and automation.have is not None:
+            await _gone(client.delete_automation(automation.have.id))
+    if any(automation.op == "create" for automation in change.automation_ops):
         await _one_automation_per_name(client, spec.key)
+
+
+def _cron(want: ScheduleSpec) -> Any:
+    from prefect.client.schemas.schedules import CronSchedule
+
+    return CronSchedule(cron=want.cron, timezone=want.timezone or "UTC")
+
+
+async def _apply_schedule(client: Any, deployment_id: str, schedule: ScheduleOp) -> None:
+    """Create, update or delete one of a deployment's schedules."""
+    from prefect.client.schemas.actions import DeploymentScheduleCreate
+
+    op, want = schedule.op, schedule.want
+    have_id = schedule.have.id if schedule.have is not None else None
+    if op == "create" and want is not None:
+        try:
+            await client.create_deployment_schedules(
+                deployment_id,
+                [
+                    DeploymentScheduleCreate(
+                        schedule=_cron(want), active=want.active, slug=want.slug
+                    )
+                ],
+            )
+        except Exception as exc:  # noqa: BLE001
+            # Slugs are unique per deployment: another apply added it first; set it to ours.
+            if not _is_status(exc, 409):
+                raise
+            current = await client.read_deployment_schedules(deployment_id)
+            found = next((s for s in current if s.slug == want.slug), None)
+            if found is None:
+                raise
+            op, have_id = "update", str(found.id)
+    if op == "update" and want is not None and have_id is not None:
+        await client.update_deployment_schedule(
+            deployment_id, have_id, active=want.active, schedule=_cron(want)
+        )
+    elif op == "delete" and have_id is not None:
+        await _gone(client.delete_deployment_schedule(deployment_id, have_id))
 
 
 async def _one_automation_per_name(client: Any, key: str) -> None:
