@@ -9,16 +9,16 @@ test_workspace.py."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import EXAMPLES
-from fake_prefect import FakePrefect
+from fake_prefect import FakePrefect, http_error
 from prefect.client.schemas.actions import (
     DeploymentScheduleCreate,
+    GlobalConcurrencyLimitCreate,
     VariableCreate,
     WorkPoolCreate,
 )
@@ -214,6 +214,22 @@ def test_drift_made_on_the_server_is_shown_and_undone(fake: FakePrefect) -> None
     assert undone.schedules[0].id == schedule_id  # updated in place: its runs are kept
     assert _plan(fake, specs).changes == []
 
+    # A job variable set in the UI; mfprefect's own environment is not the user's to see.
+    jv = fake.deployment("ScheduleFlow").job_variables
+    fake.edit_deployment("ScheduleFlow", job_variables={**jv, "stream_output": False})
+    (change,) = _plan(fake, specs).pending
+    assert [(f.field, f.old, f.new) for f in change.changes] == [
+        ("job_variables", {"stream_output": False}, {})
+    ]
+    _apply(fake, specs)
+    assert fake.deployment("ScheduleFlow").job_variables == jv
+
+    # A schedule switched off and nothing else: the deployment itself is not written.
+    fake.edit_schedule("ScheduleFlow", "mfprefect-cron", active=False)
+    fake.writes.clear()
+    _apply(fake, specs)
+    assert fake.writes == ["update_schedule ScheduleFlow mfprefect-cron"]
+
 
 def test_prune_deletes_only_what_this_set_owns_and_no_longer_declares(fake: FakePrefect) -> None:
     linear, trigger, switch = (
@@ -224,8 +240,10 @@ def test_prune_deletes_only_what_this_set_owns_and_no_longer_declares(fake: Fake
     _apply(fake, [linear, trigger], apply_set="a")
     _apply(fake, [switch], apply_set="b")
     _apply(fake, [_pipeline("split_join_flow")])  # owned, in no set
+    # Not mfprefect's, though named like a pipeline of set a and tagged with the set.
     hand_made = asyncio.run(fake.create_flow_from_name("HandMade"))
-    asyncio.run(fake.create_deployment(hand_made, "keep-me", work_pool_name=POOL, tags=[]))
+    theirs = ["mfprefect-set:a"]
+    asyncio.run(fake.create_deployment(hand_made, "LinearFlow", work_pool_name=POOL, tags=theirs))
     fake.writes.clear()
 
     pruned = _apply(fake, [linear], apply_set="a", prune=True)
@@ -240,8 +258,13 @@ def test_prune_deletes_only_what_this_set_owns_and_no_longer_declares(fake: Fake
         "delete_deployment TriggerFlow",
         "delete_automation mfprefect TriggerFlow/TriggerFlow trigger 0",
     ]
-    left = sorted(d.name for d in fake.deployments.values())
-    assert left == ["LinearFlow", "SplitJoinFlow", "SwitchFlow", "keep-me"]
+    left = sorted(f"{fake.flows[d.flow_id].name}/{d.name}" for d in fake.deployments.values())
+    assert left == [
+        "HandMade/LinearFlow",
+        "LinearFlow/LinearFlow",
+        "SplitJoinFlow/SplitJoinFlow",
+        "SwitchFlow/SwitchFlow",
+    ]
     # A set with nothing declared prunes all its own and nothing else.
     assert _actions(_plan(fake, [], apply_set="b", prune=True)) == [
         ("delete", "deployment SwitchFlow/SwitchFlow")
@@ -255,28 +278,35 @@ def test_an_unowned_object_of_the_same_name_is_a_conflict_until_adopted(fake: Fa
     linear = _pipeline("linear_flow")
     theirs = asyncio.run(fake.create_flow_from_name(linear.flow_name))
     asyncio.run(fake.create_deployment(theirs, linear.name, work_pool_name=POOL, tags=["team"]))
-    gpu = next(r for r in _workspace() if r.name == "gpu")
     asyncio.run(fake.create_work_pool(WorkPoolCreate(name="gpu", type="process")))
+    limit = GlobalConcurrencyLimitCreate(name="tag:mfprefect:gpu", limit=1)
+    asyncio.run(fake.create_global_concurrency_limit(limit))
+    asyncio.run(fake.create_variable(VariableCreate(name="model_bucket", value="x", tags=[])))
+    workspace = _workspace()
     fake.writes.clear()
 
-    planned = _plan(fake, [linear], resources=[gpu], apply_set="a")
+    planned = _plan(fake, [linear], resources=workspace, apply_set="a")
     assert _actions(planned) == [
         ("conflict", "work pool gpu"),
+        ("conflict", "concurrency limit tag:mfprefect:gpu"),
+        ("conflict", "variable model_bucket"),
         ("conflict", "deployment LinearFlow/LinearFlow"),
     ]
     assert planned.text().splitlines()[0] == (
         "! work pool gpu: exists and is not managed by mfprefect (--adopt takes it over)"
     )
     with pytest.raises(RuntimeFailure, match="not managed by mfprefect already exist") as refused:
-        _apply(fake, [linear], resources=[gpu], apply_set="a")
+        _apply(fake, [linear], resources=workspace, apply_set="a")
     assert "--adopt" in (refused.value.hint or "") and fake.writes == []
 
-    adopted = _apply(fake, [linear], resources=[gpu], apply_set="a", adopt=True)
-    assert [c.action for c in adopted.changes] == ["update", "update"]
+    adopted = _apply(fake, [linear], resources=workspace, apply_set="a", adopt=True)
+    assert [c.action for c in adopted.changes] == ["update"] * 4
     assert fake.writes[0] == f"create_variable {marker_name('WorkPool', 'gpu')}"  # marker first
     assert OWNER in fake.deployment("LinearFlow").tags
     assert fake.work_pools["gpu"].description == "GPU machines (managed by mfprefect)"
-    assert _plan(fake, [linear], resources=[gpu], apply_set="a").changes == []
+    assert fake.limits["tag:mfprefect:gpu"].limit == 2
+    assert OWNER in fake.variables["model_bucket"].tags
+    assert _plan(fake, [linear], resources=workspace, apply_set="a").changes == []
 
 
 def test_schedules_are_added_changed_and_removed_by_slug(fake: FakePrefect) -> None:
@@ -350,12 +380,22 @@ def test_automations_are_upserted_in_place_by_name_and_removed(fake: FakePrefect
     assert [o.op for o in removed.pending[0].automation_ops] == ["delete"]
     assert fake.automations == {}
 
+    added = _apply(fake, [_pipeline("trigger_flow")])
+    assert [o.op for o in added.pending[0].automation_ops] == ["create"]
+    (automation,) = fake.automations.values()
+    assert automation.actions[0].deployment_id == fake.deployment("TriggerFlow").id  # type: ignore[union-attr]
+    assert automation.trigger.expect == {"data.ready"}  # type: ignore[union-attr]
+
 
 def test_pools_limits_and_variables_are_created_updated_and_pruned_with_their_markers(
     fake: FakePrefect,
 ) -> None:
     pipeline = _pipeline("linear_flow", work_pool="gpu")
     _apply(fake, [pipeline], resources=_workspace(), apply_set="ws")
+    other_set = _resource(
+        "apiVersion: mfprefect/v1\nkind: Variable\nmetadata: {name: b_only}\nspec: {value: 1}\n"
+    )
+    _apply(fake, [], resources=[other_set], apply_set="b")
     fake.edit_limit("tag:mfprefect:gpu", limit=9)
     fake.edit_pool("gpu", is_paused=True)
     fake.edit_variable("model_bucket", value="edited")
@@ -389,15 +429,19 @@ def test_pools_limits_and_variables_are_created_updated_and_pruned_with_their_ma
     assert "command" in template["job_configuration"]
     # The limit and the variable were pruned, the limit's marker with it; the pool's stays.
     assert fake.limits == {}
-    assert sorted(fake.variables) == [marker_name("WorkPool", "gpu")]
+    assert sorted(fake.variables) == ["b_only", marker_name("WorkPool", "gpu")]
 
-    # Moving the pool to another set rewrites its marker and nothing else.
+    # Moving to another set rewrites the pool's marker (the pool itself is not written) and
+    # the deployment's set tag.
     fake.writes.clear()
     moved = _apply(fake, [pipeline], resources=[pool], apply_set="other")
     assert [(f.field, f.old, f.new) for f in moved.changes[0].changes] == [
         ("apply_set", "ws", "other")
     ]
-    assert fake.writes[0] == f"update_variable {marker_name('WorkPool', 'gpu')}"
+    assert fake.writes == [
+        f"update_variable {marker_name('WorkPool', 'gpu')}",
+        "update_deployment LinearFlow ['tags', 'version']",
+    ]
     assert "mfprefect-set:other" in fake.variables[marker_name("WorkPool", "gpu")].tags
 
     # Pipeline and pool pruned together: the deployment goes first, the pool after it.
@@ -486,51 +530,64 @@ def test_a_saved_plan_goes_stale_when_the_server_changes(
     assert fake.writes == []
 
 
-def _meanwhile(*calls: Coroutine[Any, Any, Any]) -> None:
-    """Make these calls now, from inside apply's own event loop, as another apply would."""
-    with ThreadPoolExecutor(1) as other:
-        for call in calls:
-            other.submit(asyncio.run, call).result()
+def test_a_ui_edit_of_a_field_left_to_the_ui_keeps_a_saved_plan_good(fake: FakePrefect) -> None:
+    specs = [_pipeline("schedule_flow", unmanaged=["paused", "schedule.active"])]
+    _apply(fake, specs, apply_set="a")
+    edited = [_pipeline("schedule_flow", unmanaged=["paused", "schedule.active"], tags=["new"])]
+    reviewed = _saved(_plan(fake, edited, apply_set="a", prune=True))
+    # Between review and merge, someone pauses the deployment and its schedule in the UI.
+    fake.edit_deployment("ScheduleFlow", paused=True)
+    fake.edit_schedule("ScheduleFlow", "mfprefect-cron", active=False)
+    fake.writes.clear()
+    applied = _apply(fake, edited, apply_set="a", prune=True, expect=reviewed.check_plan)
+    assert [u.field for u in applied.unmanaged] == ["paused", "schedule.active"]
+    assert fake.writes == ["update_deployment ScheduleFlow ['job_variables', 'tags', 'version']"]
+    kept = fake.deployment("ScheduleFlow")
+    assert kept.paused is True and kept.schedules[0].active is False
 
 
-def test_apply_tolerates_another_apply_writing_between_its_plan_and_its_writes(
+def test_apply_converges_when_another_apply_writes_between_its_plan_and_its_writes(
     fake: FakePrefect,
 ) -> None:
     def unscheduled(data: dict[str, Any]) -> None:
         data["schedule"] = None
 
-    _apply(
-        fake, [_pipeline("schedule_flow", unscheduled), _pipeline("trigger_flow")], apply_set="a"
-    )
+    def triggered(data: dict[str, Any]) -> None:
+        data["triggers"] = [{"kind": "event", "event": "data.ready", "parameters": {}}]
+
+    before = [_pipeline("schedule_flow", unscheduled), _pipeline("trigger_flow")]
+    _apply(fake, before, apply_set="a")
+    wanted = [_pipeline("schedule_flow", triggered), _pipeline("trigger_on_finish_flow")]
 
     def race(result: Plan) -> None:
-        """Another apply of the same change, done first: the schedule this one adds exists,
-        the deployment this one prunes is gone."""
+        """The same apply from another CI job, done first: the deployment this one creates,
+        the schedule and automations it adds exist, the deployment it prunes is gone."""
         assert _actions(result) == [
             ("update", "deployment ScheduleFlow/ScheduleFlow"),
+            ("create", "deployment TriggerOnFinishFlow/TriggerOnFinishFlow"),
             ("delete", "deployment TriggerFlow/TriggerFlow"),
         ]
-        deployment_id = fake.deployment("ScheduleFlow").id
-        schedule = CronSchedule(cron="5 5 * * *")
-        theirs = DeploymentScheduleCreate(schedule=schedule, slug="mfprefect-cron")
-        _meanwhile(
-            fake.create_deployment_schedules(deployment_id, [theirs]),
-            fake.delete_deployment(fake.deployment("TriggerFlow").id),
-        )
+        with ThreadPoolExecutor(1) as other:  # apply's own event loop is running here
+            other.submit(_apply, fake, wanted, apply_set="a", prune=True).result()
 
-    _apply(fake, [_pipeline("schedule_flow")], apply_set="a", prune=True, expect=race)
+    _apply(fake, wanted, apply_set="a", prune=True, expect=race)
     (schedule,) = fake.deployment("ScheduleFlow").schedules
     assert schedule.schedule.cron == "0 6 * * *"  # type: ignore[union-attr]
-    assert [d.name for d in fake.deployments.values()] == ["ScheduleFlow"]
-    assert fake.automations == {}  # the pruned deployment's, though the other apply left it
+    assert sorted(d.name for d in fake.deployments.values()) == [
+        "ScheduleFlow",
+        "TriggerOnFinishFlow",
+    ]
+    assert _owned_automations(fake) == [
+        "mfprefect ScheduleFlow/ScheduleFlow trigger 0",
+        "mfprefect TriggerOnFinishFlow/TriggerOnFinishFlow trigger 0",
+    ]
+    assert _plan(fake, wanted, apply_set="a", prune=True).changes == []
 
 
 def test_a_server_error_is_one_line_naming_the_request(
-    fake: FakePrefect, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    fake: FakePrefect, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async def refuse(*args: Any, **kwargs: Any) -> None:
-        from fake_prefect import http_error
-
         raise http_error(500, "PATCH", "/deployments/x", "database is on fire")
 
     _apply(fake, [_pipeline("linear_flow")])
