@@ -598,3 +598,27 @@ def test_a_server_error_is_one_line_naming_the_request(
         "apply failed: PATCH /api/deployments/x answered 500 Internal Server Error: "
         "database is on fire"
     )
+
+
+def test_delete_removes_a_sets_objects_deployments_first_and_nothing_of_other_sets(
+    fake: FakePrefect,
+) -> None:
+    _apply(
+        fake, [_pipeline("trigger_flow", work_pool="gpu")], resources=_workspace(), apply_set="a"
+    )
+    _apply(fake, [_pipeline("linear_flow")], apply_set="b")
+    fake.writes.clear()
+    removed = apply.delete([], apply_set="a", client=fake)
+    assert removed == [
+        "deployment TriggerFlow/TriggerFlow",
+        "variable model_bucket",
+        "concurrency limit tag:mfprefect:gpu",
+        "work pool gpu",
+    ]
+    assert fake.writes[:2] == [
+        "delete_deployment TriggerFlow",
+        "delete_automation mfprefect TriggerFlow/TriggerFlow trigger 0",
+    ]
+    assert [d.name for d in fake.deployments.values()] == ["LinearFlow"]
+    assert sorted(fake.work_pools) == [POOL] and fake.limits == {} and fake.automations == {}
+    assert not [v for v in fake.variables.values() if MARKER_TAG in v.tags]
