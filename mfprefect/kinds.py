@@ -11,7 +11,7 @@ import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from . import yamlsafe
 from .diagnostics import ERROR, Diagnostic
@@ -22,8 +22,9 @@ CONCURRENCY_LIMIT = "ConcurrencyLimit"
 VARIABLE = "Variable"
 RESOURCE_KINDS = (WORK_POOL, CONCURRENCY_LIMIT, VARIABLE)
 
-# How plans and messages name each kind.
-LABELS = {
+# How plans and messages name each kind of object.
+Label = Literal["deployment", "work pool", "concurrency limit", "variable"]
+LABELS: dict[str, Label] = {
     PIPELINE: "deployment",
     WORK_POOL: "work pool",
     CONCURRENCY_LIMIT: "concurrency limit",

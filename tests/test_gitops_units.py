@@ -310,7 +310,7 @@ def test_fields_left_to_the_ui_are_reported_not_compared_nor_written() -> None:
         "paused",
         "schedule mfprefect-cron",
     ]
-    assert [(op, want.active) for op, want, _ in change.schedule_ops if want] == [("update", True)]
+    assert [(s.op, s.want.active) for s in change.schedule_ops if s.want] == [("update", True)]
 
 
 def test_a_new_cron_keeps_the_ui_active_flag_and_the_manifests_paused_is_only_initial() -> None:
@@ -323,7 +323,8 @@ def test_a_new_cron_keeps_the_ui_active_flag_and_the_manifests_paused_is_only_in
     edited = replace(edited, schedules=(replace(edited.schedules[0], cron="30 7 * * *"),))
     (change,) = plan([edited], [live]).pending
     assert [f.field for f in change.changes] == ["schedule mfprefect-cron"]
-    ((op, want, have),) = change.schedule_ops
+    (schedule,) = change.schedule_ops
+    op, want, have = schedule.op, schedule.want, schedule.have
     assert op == "update" and want is not None and have is not None
     assert (want.cron, want.active) == ("30 7 * * *", False)  # the UI's flag, sent back as it is
     assert "paused" not in {f.field for f in change.changes}
@@ -332,7 +333,7 @@ def test_a_new_cron_keeps_the_ui_active_flag_and_the_manifests_paused_is_only_in
     paused_only = _spec_leaving("schedule_flow", "paused")
     (change,) = plan([paused_only], [_live_edited_in_ui(paused_only, paused=True)]).pending
     assert [f.field for f in change.changes] == ["schedule mfprefect-cron"]
-    assert change.schedule_ops[0][1].active is True  # type: ignore[union-attr]
+    assert change.schedule_ops[0].want.active is True  # type: ignore[union-attr]
 
 
 def test_a_new_deployment_takes_the_manifests_values_of_unmanaged_fields() -> None:

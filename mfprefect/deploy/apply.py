@@ -5,17 +5,33 @@ runs are started by `trigger`)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+import functools
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
+from uuid import UUID
 
 from ..errors import ManifestError, MfprefectError, RuntimeFailure
 from ..kinds import LABELS, WORK_POOL, Resource
 from . import apply_workspace
 from .code import CodeRef, code_env, package_ref
-from .desired import OWNER_TAG, AutomationSpec, DeploymentSpec
-from .plan import Change, LiveAutomation, LiveDeployment, LiveSchedule, Plan, plan
+from .desired import OWNER_TAG, AutomationSpec, DeploymentSpec, ScheduleSpec
+from .plan import (
+    Change,
+    LiveAutomation,
+    LiveDeployment,
+    LiveSchedule,
+    Plan,
+    ScheduleOp,
+    plan,
+)
 from .resources import ResourceSpec, spec_for
+
+if TYPE_CHECKING:
+    from prefect.client.schemas.responses import DeploymentResponse
+    from prefect.events.schemas.automations import Automation, AutomationCore
+
+    from .server import PrefectAPI
 
 # Stores a deployment's code package and says where it is (see mfprefect.package).
 BuildCode = Callable[[DeploymentSpec], CodeRef]
@@ -46,25 +62,28 @@ def run(
     build_code: BuildCode | None = None,
     expect: Callable[[Plan], None] | None = None,
     resources: Sequence[Resource] = (),
+    client: PrefectAPI | None = None,
 ) -> Plan:
     """Plan against the server and, unless dry_run, apply; raise RuntimeFailure on any error.
 
     `expect` sees the plan before anything is written and may refuse it (a saved plan's check).
     Code packages are built and stored (`build_code`) before anything is written to the server,
-    so a package that cannot be stored leaves every deployment as it was."""
-    build = build_code or store_package
+    so a package that cannot be stored leaves every deployment as it was. The server is the one
+    PREFECT_API_URL names, unless a `client` is given (the tests' in-memory fake)."""
+    work = functools.partial(
+        _run,
+        desired=desired,
+        prune=prune,
+        adopt=adopt,
+        apply_set=apply_set,
+        dry_run=dry_run,
+        echo=echo,
+        build=build_code or store_package,
+        expect=expect,
+        resources=resources,
+    )
     result: Plan = _guarded(
-        lambda: _run(
-            desired,
-            prune=prune,
-            adopt=adopt,
-            apply_set=apply_set,
-            dry_run=dry_run,
-            echo=echo,
-            build=build,
-            expect=expect,
-            resources=resources,
-        ),
+        lambda: _connected(work, client),
         what="apply failed",
         hint="run `mfprefect apply` again: it completes what is missing",
     )
@@ -115,7 +134,23 @@ def store_package(spec: DeploymentSpec) -> CodeRef:
     return package_ref(build_for(spec.source, spec.code.digest))
 
 
+Answer = TypeVar("Answer")
+
+
+async def _connected(
+    use: Callable[[PrefectAPI], Awaitable[Answer]], client: PrefectAPI | None = None
+) -> Answer:
+    """`use` with this client, else with one of the server PREFECT_API_URL names."""
+    if client is not None:
+        return await use(client)
+    from prefect.client.orchestration import get_client
+
+    async with get_client() as connected:
+        return await use(connected)
+
+
 async def _run(
+    client: PrefectAPI,
     desired: Sequence[DeploymentSpec],
     *,
     prune: bool,
@@ -127,41 +162,38 @@ async def _run(
     expect: Callable[[Plan], None] | None,
     resources: Sequence[Resource],
 ) -> Plan:
-    from prefect.client.orchestration import get_client
-
-    async with get_client() as client:
-        declared = await _resource_specs(resources)
-        live = await read_live(client, desired)
-        live_resources, server_pools = await apply_workspace.read_live(client, declared)
-        await _check_job_variables(client, desired, declared)
-        result = plan(
-            desired,
-            live,
-            prune=prune,
-            adopt=adopt,
-            apply_set=apply_set,
-            resources=declared,
-            live_resources=live_resources,
+    declared = await _resource_specs(resources)
+    live = await read_live(client, desired)
+    live_resources, server_pools = await apply_workspace.read_live(client, declared)
+    await _check_job_variables(client, desired, declared)
+    result = plan(
+        desired,
+        live,
+        prune=prune,
+        adopt=adopt,
+        apply_set=apply_set,
+        resources=declared,
+        live_resources=live_resources,
+    )
+    apply_workspace.check(result.changes, declared, desired, server_pools)
+    if expect is not None:
+        expect(result)
+    if result.conflicts and not dry_run:
+        keys = ", ".join(c.label for c in result.conflicts)
+        raise RuntimeFailure(
+            f"object(s) not managed by mfprefect already exist: {keys}",
+            hint="rename yours, delete theirs, or pass --adopt to take them over",
         )
-        apply_workspace.check(result.changes, declared, desired, server_pools)
-        if expect is not None:
-            expect(result)
-        if result.conflicts and not dry_run:
-            keys = ", ".join(c.label for c in result.conflicts)
-            raise RuntimeFailure(
-                f"object(s) not managed by mfprefect already exist: {keys}",
-                hint="rename yours, delete theirs, or pass --adopt to take them over",
-            )
-        if not dry_run:
-            code = await _store_packages(result.pending, build, echo)
-            total = len(result.pending)
-            for number, change in enumerate(result.pending, start=1):
-                echo(f"[{number}/{total}] {change.action} {change.label}")
-                if change.kind == "deployment":
-                    await _apply_one(client, change, code.get(change.key))
-                else:
-                    await apply_workspace.apply_one(client, change)
-        return result
+    if not dry_run:
+        code = await _store_packages(result.pending, build, echo)
+        total = len(result.pending)
+        for number, change in enumerate(result.pending, start=1):
+            echo(f"[{number}/{total}] {change.action} {change.label}")
+            if change.kind == "deployment":
+                await _apply_one(client, change, code.get(change.key))
+            else:
+                await apply_workspace.apply_one(client, change)
+    return result
 
 
 async def _resource_specs(resources: Sequence[Resource]) -> list[ResourceSpec]:
@@ -231,7 +263,7 @@ def _needs_code(change: Change) -> bool:
 
 
 async def _check_job_variables(
-    client: Any, desired: Sequence[DeploymentSpec], declared: Sequence[ResourceSpec] = ()
+    client: PrefectAPI, desired: Sequence[DeploymentSpec], declared: Sequence[ResourceSpec] = ()
 ) -> None:
     """Every job variable a manifest sets must be one its work pool's job template declares
     (the template a WorkPool manifest gives it, else the server's pool's)."""
@@ -278,7 +310,7 @@ async def _check_job_variables(
         )
 
 
-async def _pool_variables(client: Any, pool: str) -> set[str] | None:
+async def _pool_variables(client: PrefectAPI, pool: str) -> set[str] | None:
     from prefect.exceptions import ObjectNotFound
 
     try:
@@ -289,7 +321,7 @@ async def _pool_variables(client: Any, pool: str) -> set[str] | None:
     return set(((template.get("variables") or {}).get("properties") or {}).keys())
 
 
-async def read_live(client: Any, desired: Sequence[DeploymentSpec]) -> list[LiveDeployment]:
+async def read_live(client: PrefectAPI, desired: Sequence[DeploymentSpec]) -> list[LiveDeployment]:
     """Every owned deployment, plus any (owned or not) with a desired name; a few batched reads."""
     from prefect.client.schemas.filters import (
         DeploymentFilter,
@@ -299,7 +331,7 @@ async def read_live(client: Any, desired: Sequence[DeploymentSpec]) -> list[Live
         FlowFilterId,
     )
 
-    found: dict[str, Any] = {}
+    found: dict[str, DeploymentResponse] = {}
     offset = 0
     while True:
         page = await client.read_deployments(
@@ -339,13 +371,13 @@ async def read_live(client: Any, desired: Sequence[DeploymentSpec]) -> list[Live
     return lives
 
 
-async def _owned_automations(client: Any, *tags: str) -> list[Any]:
+async def _owned_automations(client: PrefectAPI, *tags: str) -> list[Automation]:
     """Every automation carrying all these tags, page by page: the server caps a page at 200."""
     from prefect.client.schemas.sorting import AutomationSort
     from prefect.events.filters import AutomationFilter, AutomationFilterTags
 
     wanted = AutomationFilter(tags=AutomationFilterTags(all_=list(tags)))
-    found: dict[str, Any] = {}
+    found: dict[str, Automation] = {}
     offset = 0
     while True:
         # Newest first: an automation made meanwhile shifts the pages down (seen twice, kept
@@ -359,8 +391,8 @@ async def _owned_automations(client: Any, *tags: str) -> list[Any]:
         offset += 200
 
 
-def _live_automation(automation: Any) -> LiveAutomation:
-    trigger = automation.trigger
+def _live_automation(automation: Automation) -> LiveAutomation:
+    trigger: Any = automation.trigger  # an EventTrigger: the only kind mfprefect makes
     related = trigger.model_dump(mode="json").get("match_related") or {}
     if isinstance(related, list):
         related = related[0] if len(related) == 1 else {}
@@ -378,7 +410,7 @@ def _live_automation(automation: Any) -> LiveAutomation:
     )
 
 
-def _live(deployment: Any, flow_name: str) -> LiveDeployment:
+def _live(deployment: DeploymentResponse, flow_name: str) -> LiveDeployment:
     limit = getattr(deployment, "global_concurrency_limit", None)
     fields = {
         "description": deployment.description,
@@ -420,17 +452,16 @@ def _with_code(fields: dict[str, Any], ref: CodeRef) -> dict[str, Any]:
     return out
 
 
-async def _apply_one(client: Any, change: Change, built: CodeRef | None = None) -> None:
+async def _apply_one(client: PrefectAPI, change: Change, built: CodeRef | None = None) -> None:
     from prefect.client.schemas.actions import DeploymentScheduleCreate, DeploymentUpdate
-    from prefect.client.schemas.schedules import CronSchedule
 
     if change.action == "delete":
         assert change.live is not None
-        await _gone(client.delete_deployment(change.live.id))
+        await _gone(client.delete_deployment(UUID(change.live.id)))
         # Prefect keeps a deployment's automations when it is deleted; we do not.
         await client.delete_resource_owned_automations(f"prefect.deployment.{change.live.id}")
         for owned in change.live.automations:
-            await _gone(client.delete_automation(owned.id))
+            await _gone(client.delete_automation(UUID(owned.id)))
         return
     spec = change.spec
     assert spec is not None
@@ -452,11 +483,7 @@ async def _apply_one(client: Any, change: Change, built: CodeRef | None = None) 
     if change.action == "create":
         flow_id = await client.create_flow_from_name(spec.flow_name)
         schedules = [
-            DeploymentScheduleCreate(
-                schedule=CronSchedule(cron=s.cron, timezone=s.timezone or "UTC"),
-                active=s.active,
-                slug=s.slug,
-            )
+            DeploymentScheduleCreate(schedule=_cron(s), active=s.active, slug=s.slug)
             for s in spec.schedules
         ]
         deployment_id = await client.create_deployment(
@@ -478,53 +505,63 @@ async def _apply_one(client: Any, change: Change, built: CodeRef | None = None) 
         update["job_variables"] = fields["job_variables"]
     if update:
         update["version"] = fields["version"]
-        await client.update_deployment(change.live.id, DeploymentUpdate(**update))
-    for op, want, have in change.schedule_ops:
-        if op == "create" and want is not None:
-            try:
-                await client.create_deployment_schedules(
-                    change.live.id,
-                    [
-                        DeploymentScheduleCreate(
-                            schedule=CronSchedule(cron=want.cron, timezone=want.timezone or "UTC"),
-                            active=want.active,
-                            slug=want.slug,
-                        )
-                    ],
-                )
-            except Exception as exc:  # noqa: BLE001
-                # Slugs are unique per deployment: another apply added it first; set it to ours.
-                if not _is_status(exc, 409):
-                    raise
-                current = await client.read_deployment_schedules(change.live.id)
-                have = next((s for s in current if s.slug == want.slug), None)
-                if have is None:
-                    raise
-                op = "update"
-        if op == "update" and want is not None and have is not None:
-            await client.update_deployment_schedule(
-                change.live.id,
-                have.id,
-                active=want.active,
-                schedule=CronSchedule(cron=want.cron, timezone=want.timezone or "UTC"),
-            )
-        elif op == "delete" and have is not None:
-            await _gone(client.delete_deployment_schedule(change.live.id, have.id))
-    for op, want_automation, have_automation in change.automation_ops:
-        if op == "create" and want_automation is not None:
-            await client.create_automation(_automation_core(spec, want_automation, change.live.id))
-        elif op == "update" and want_automation is not None and have_automation is not None:
+        await client.update_deployment(UUID(change.live.id), DeploymentUpdate(**update))
+    for schedule in change.schedule_ops:
+        await _apply_schedule(client, UUID(change.live.id), schedule)
+    for automation in change.automation_ops:
+        if automation.op == "create" and automation.want is not None:
+            await client.create_automation(_automation_core(spec, automation.want, change.live.id))
+        elif automation.op == "update" and automation.want is not None and automation.have:
             # In place, so the automation keeps its id (and its history).
             await client.update_automation(
-                have_automation.id, _automation_core(spec, want_automation, change.live.id)
+                UUID(automation.have.id), _automation_core(spec, automation.want, change.live.id)
             )
-        elif op == "delete" and have_automation is not None:
-            await _gone(client.delete_automation(have_automation.id))
-    if any(op == "create" for op, _, _ in change.automation_ops):
+        elif automation.op == "delete" and automation.have is not None:
+            await _gone(client.delete_automation(UUID(automation.have.id)))
+    if any(automation.op == "create" for automation in change.automation_ops):
         await _one_automation_per_name(client, spec.key)
 
 
-async def _one_automation_per_name(client: Any, key: str) -> None:
+def _cron(want: ScheduleSpec) -> Any:
+    from prefect.client.schemas.schedules import CronSchedule
+
+    return CronSchedule(cron=want.cron, timezone=want.timezone or "UTC")
+
+
+async def _apply_schedule(client: PrefectAPI, deployment_id: UUID, schedule: ScheduleOp) -> None:
+    """Create, update or delete one of a deployment's schedules."""
+    from prefect.client.schemas.actions import DeploymentScheduleCreate
+
+    op, want = schedule.op, schedule.want
+    have_id = UUID(schedule.have.id) if schedule.have is not None else None
+    if op == "create" and want is not None:
+        try:
+            await client.create_deployment_schedules(
+                deployment_id,
+                [
+                    DeploymentScheduleCreate(
+                        schedule=_cron(want), active=want.active, slug=want.slug
+                    )
+                ],
+            )
+        except Exception as exc:  # noqa: BLE001
+            # Slugs are unique per deployment: another apply added it first; set it to ours.
+            if not _is_status(exc, 409):
+                raise
+            current = await client.read_deployment_schedules(deployment_id)
+            found = next((s for s in current if s.slug == want.slug), None)
+            if found is None:
+                raise
+            op, have_id = "update", found.id
+    if op == "update" and want is not None and have_id is not None:
+        await client.update_deployment_schedule(
+            deployment_id, have_id, active=want.active, schedule=_cron(want)
+        )
+    elif op == "delete" and have_id is not None:
+        await _gone(client.delete_deployment_schedule(deployment_id, have_id))
+
+
+async def _one_automation_per_name(client: PrefectAPI, key: str) -> None:
     """Leave one automation of each name on this deployment: the lowest id, as plan() keeps.
 
     The server has no upsert for automations, so two applies that both found one missing each
@@ -537,10 +574,10 @@ async def _one_automation_per_name(client: Any, key: str) -> None:
         by_name.setdefault(automation.name, []).append(str(automation.id))
     for ids in by_name.values():
         for extra in sorted(ids)[1:]:
-            await _gone(client.delete_automation(extra))
+            await _gone(client.delete_automation(UUID(extra)))
 
 
-async def _gone(deletion: Any) -> None:
+async def _gone(deletion: Awaitable[object]) -> None:
     """Await a delete; already gone (another apply deleted it first) is what we wanted."""
     try:
         await deletion
@@ -549,9 +586,10 @@ async def _gone(deletion: Any) -> None:
             raise
 
 
-def _automation_core(spec: DeploymentSpec, automation: AutomationSpec, deployment_id: str) -> Any:
+def _automation_core(
+    spec: DeploymentSpec, automation: AutomationSpec, deployment_id: str
+) -> AutomationCore:
     from datetime import timedelta
-    from uuid import UUID
 
     from prefect.events.actions import RunDeployment
     from prefect.events.schemas.automations import AutomationCore, EventTrigger
@@ -585,10 +623,12 @@ def delete(
     echo: Echo = lambda _: None,
     apply_set: str | None = None,
     resources: Sequence[Resource] = (),
+    client: PrefectAPI | None = None,
 ) -> list[str]:
     """Delete the owned objects these manifests name (deployments with their automations, work
     pools, limits, variables); return what was deleted. With an apply set, only objects of that
-    set; with a set and no manifests, all of the set's: deployments first, then pools last."""
+    set; with a set and no manifests, all of the set's: deployments first, then pools last.
+    The server is PREFECT_API_URL's unless a `client` is given, as for `run`."""
     everything = apply_set is not None and not desired and not resources
     wanted = {spec.key for spec in desired}
     named = {(r.kind, r.name) for r in resources}
@@ -598,36 +638,33 @@ def delete(
             return False
         return key in listed or everything
 
-    async def _delete() -> list[str]:
-        from prefect.client.orchestration import get_client
-
+    async def _delete(client: PrefectAPI) -> list[str]:
         from .resources import ORDER
 
-        async with get_client() as client:
-            declared = [spec_for(r) for r in resources]
-            live = [
-                d
-                for d in await read_live(client, desired)
-                if chosen(d.owned, d.apply_set, d.key, wanted)
-            ]
-            others = [
-                r
-                for r in (await apply_workspace.read_live(client, declared))[0]
-                if chosen(r.owned, r.apply_set, (r.kind, r.name), named)
-            ]
-            removed = []
-            for current in sorted(live, key=lambda d: d.key):
-                echo(f"delete deployment {current.key}")
-                await _apply_one(client, Change("delete", current.key, live=current))
-                removed.append(f"deployment {current.key}")
-            for other in sorted(others, key=lambda r: (-ORDER.index(r.kind), r.name)):
-                change = Change("delete", other.key, kind=LABELS[other.kind], live_resource=other)
-                echo(f"delete {change.label}")
-                await apply_workspace.apply_one(client, change)
-                removed.append(change.label)
-            return removed
+        declared = [spec_for(r) for r in resources]
+        live = [
+            d
+            for d in await read_live(client, desired)
+            if chosen(d.owned, d.apply_set, d.key, wanted)
+        ]
+        others = [
+            r
+            for r in (await apply_workspace.read_live(client, declared))[0]
+            if chosen(r.owned, r.apply_set, (r.kind, r.name), named)
+        ]
+        removed = []
+        for current in sorted(live, key=lambda d: d.key):
+            echo(f"delete deployment {current.key}")
+            await _apply_one(client, Change("delete", current.key, live=current))
+            removed.append(f"deployment {current.key}")
+        for other in sorted(others, key=lambda r: (-ORDER.index(r.kind), r.name)):
+            change = Change("delete", other.key, kind=LABELS[other.kind], live_resource=other)
+            echo(f"delete {change.label}")
+            await apply_workspace.apply_one(client, change)
+            removed.append(change.label)
+        return removed
 
-    return _guarded(_delete)
+    return _guarded(lambda: _connected(_delete, client))
 
 
 def _guarded(make: Callable[[], Any], what: str = "request failed", hint: str | None = None) -> Any:

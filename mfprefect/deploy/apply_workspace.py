@@ -4,8 +4,8 @@ deployments and calls this for the rest), and the checks that need the server to
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..errors import ManifestError
 from ..kinds import CONCURRENCY_LIMIT, VARIABLE, WORK_POOL
@@ -24,6 +24,11 @@ from .resources import (
 )
 from .sets import set_of
 
+if TYPE_CHECKING:
+    from prefect.client.schemas.objects import Variable, WorkPool
+
+    from .server import PrefectAPI
+
 PAGE = 200
 
 
@@ -40,11 +45,11 @@ async def base_templates(types: Sequence[str]) -> dict[str, dict[str, Any] | Non
     return found
 
 
-async def _variables(client: Any, where: Mapping[str, Any]) -> list[Any]:
+async def _variables(client: PrefectAPI, where: Mapping[str, Any]) -> list[Variable]:
     """Variables matching a server-side filter, page by page."""
     from prefect.client.schemas.objects import Variable
 
-    found: dict[str, Any] = {}
+    found: dict[str, Variable] = {}
     offset = 0
     while True:
         response = await client.request(
@@ -59,8 +64,11 @@ async def _variables(client: Any, where: Mapping[str, Any]) -> list[Any]:
         offset += PAGE
 
 
-async def _paged(read: Any) -> list[Any]:
-    out: list[Any] = []
+Item = TypeVar("Item")
+
+
+async def _paged(read: Callable[..., Awaitable[list[Item]]]) -> list[Item]:
+    out: list[Item] = []
     offset = 0
     while True:
         page = await read(limit=PAGE, offset=offset)
@@ -71,7 +79,7 @@ async def _paged(read: Any) -> list[Any]:
 
 
 async def read_live(
-    client: Any, declared: Sequence[ResourceSpec]
+    client: PrefectAPI, declared: Sequence[ResourceSpec]
 ) -> tuple[list[LiveResource], set[str]]:
     """The pools, limits and variables mfprefect owns or the manifests name, and the names of
     every work pool on the server."""
@@ -130,7 +138,7 @@ async def read_live(
     return live, {pool.name for pool in pools}
 
 
-def _live_pool(pool: Any, markers: Mapping[tuple[str, str], str | None]) -> LiveResource:
+def _live_pool(pool: WorkPool, markers: Mapping[tuple[str, str], str | None]) -> LiveResource:
     template = dict(pool.base_job_template or {})
     fields = {
         "type": pool.type,
@@ -256,7 +264,7 @@ def job_template(spec: ResourceSpec, live: LiveResource | None) -> dict[str, Any
     return template
 
 
-async def apply_one(client: Any, change: Change) -> None:
+async def apply_one(client: PrefectAPI, change: Change) -> None:
     """Write one pool, limit or variable change (markers first on the way in, last on the way
     out, so an interrupted apply never leaves an object mfprefect made that it does not own)."""
     spec, live = change.resource, change.live_resource
@@ -278,7 +286,11 @@ async def apply_one(client: Any, change: Change) -> None:
 
 
 async def _write_pool(
-    client: Any, change: Change, spec: ResourceSpec, live: LiveResource | None, changed: set[str]
+    client: PrefectAPI,
+    change: Change,
+    spec: ResourceSpec,
+    live: LiveResource | None,
+    changed: set[str],
 ) -> None:
     from prefect.client.schemas.actions import WorkPoolCreate, WorkPoolUpdate
 
@@ -308,7 +320,9 @@ async def _write_pool(
         await client.update_work_pool(spec.name, WorkPoolUpdate(**update))
 
 
-async def _write_limit(client: Any, change: Change, spec: ResourceSpec, changed: set[str]) -> None:
+async def _write_limit(
+    client: PrefectAPI, change: Change, spec: ResourceSpec, changed: set[str]
+) -> None:
     from prefect.client.schemas.actions import (
         GlobalConcurrencyLimitCreate,
         GlobalConcurrencyLimitUpdate,
@@ -336,7 +350,7 @@ async def _write_limit(client: Any, change: Change, spec: ResourceSpec, changed:
         )
 
 
-async def _write_variable(client: Any, change: Change, spec: ResourceSpec) -> None:
+async def _write_variable(client: PrefectAPI, change: Change, spec: ResourceSpec) -> None:
     from prefect.client.schemas.actions import VariableCreate, VariableUpdate
 
     value, tags = spec.fields["value"], list(spec.fields["tags"])
@@ -346,7 +360,7 @@ async def _write_variable(client: Any, change: Change, spec: ResourceSpec) -> No
         await client.update_variable(VariableUpdate(name=spec.name, value=value, tags=tags))
 
 
-async def _upsert_marker(client: Any, kind: str, name: str, apply_set: str | None) -> None:
+async def _upsert_marker(client: PrefectAPI, kind: str, name: str, apply_set: str | None) -> None:
     from prefect.client.schemas.actions import VariableCreate, VariableUpdate
     from prefect.exceptions import ObjectAlreadyExists
 
@@ -358,7 +372,7 @@ async def _upsert_marker(client: Any, kind: str, name: str, apply_set: str | Non
         await client.update_variable(VariableUpdate(name=marker, value=value, tags=tags))
 
 
-async def _delete(client: Any, live: LiveResource) -> None:
+async def _delete(client: PrefectAPI, live: LiveResource) -> None:
     from prefect.exceptions import ObjectNotFound
 
     try:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Literal
 
 from ..diagnostics import printable
-from ..kinds import LABELS
+from ..kinds import LABELS, Label
 from ..manifest import RESERVED_ENV_PREFIXES, UNMANAGEABLE
 from . import resources
 from .code import live_digest
@@ -83,18 +83,55 @@ class FieldChange:
     new: Any
 
 
+# What a plan does to an object; a conflict is an object it may not touch (not mfprefect's).
+Action = Literal["create", "update", "delete", "conflict"]
+# What an update does to one of a deployment's schedules or automations.
+Op = Literal["create", "update", "delete"]
+WRITES: tuple[Action, ...] = ("create", "update", "delete")
+
+
+@dataclass(frozen=True)
+class ScheduleOp:
+    """One schedule to create (`want` only), update (both) or delete (`have` only)."""
+
+    op: Op
+    want: ScheduleSpec | None
+    have: LiveSchedule | None
+
+    @property
+    def slug(self) -> str | None:
+        if self.want is not None:
+            return self.want.slug
+        return self.have.slug if self.have is not None else "?"
+
+
+@dataclass(frozen=True)
+class AutomationOp:
+    """One automation to create (`want` only), update in place (both) or delete (`have` only)."""
+
+    op: Op
+    want: AutomationSpec | None
+    have: LiveAutomation | None
+
+    @property
+    def name(self) -> str:
+        if self.want is not None:
+            return self.want.name
+        return self.have.name if self.have is not None else "?"
+
+
 @dataclass(frozen=True)
 class Change:
-    action: str  # create | update | delete | conflict
+    action: Action
     key: str
     changes: tuple[FieldChange, ...] = ()
     spec: DeploymentSpec | None = None
     live: LiveDeployment | None = None
-    schedule_ops: tuple[tuple[str, ScheduleSpec | None, LiveSchedule | None], ...] = ()
-    automation_ops: tuple[tuple[str, AutomationSpec | None, LiveAutomation | None], ...] = ()
-    # What kind of object: "deployment", "work pool", "concurrency limit" or "variable"; the
-    # last three carry their desired and live forms here instead of in spec and live.
-    kind: str = "deployment"
+    schedule_ops: tuple[ScheduleOp, ...] = ()
+    automation_ops: tuple[AutomationOp, ...] = ()
+    # Pools, limits and variables carry their desired and live forms here instead of in spec
+    # and live.
+    kind: Label = "deployment"
     resource: ResourceSpec | None = None
     live_resource: LiveResource | None = None
 
@@ -136,17 +173,14 @@ class Plan:
 
     @property
     def pending(self) -> list[Change]:
-        return [c for c in self.changes if c.action in ("create", "update", "delete")]
+        return [c for c in self.changes if c.action in WRITES]
 
     @property
     def conflicts(self) -> list[Change]:
         return [c for c in self.changes if c.action == "conflict"]
 
     def summary(self) -> str:
-        counts = {
-            action: sum(c.action == action for c in self.changes)
-            for action in ("create", "update", "delete")
-        }
+        counts = {action: sum(c.action == action for c in self.changes) for action in WRITES}
         if not any(counts.values()):
             return "No changes: the server matches the manifests."
         return f"Plan: {counts['create']} to create, {counts['update']} to update, {counts['delete']} to delete."
@@ -299,27 +333,23 @@ def plan(
             spec.schedules, current.schedules, keep_active="schedule.active" in spec.unmanaged
         )
         result.unmanaged += _unmanaged(spec, current)
-        for op, want, have in ops:
-            slug = want.slug if want is not None else (have.slug if have is not None else "?")
-            diffs.append(
-                FieldChange(
-                    f"schedule {slug}",
-                    _schedule_text(have) if have else None,
-                    _schedule_text(want) if want and op != "delete" else None,
-                )
+        diffs += [
+            FieldChange(
+                f"schedule {op.slug}",
+                _schedule_text(op.have) if op.have else None,
+                _schedule_text(op.want) if op.want else None,
             )
+            for op in ops
+        ]
         automation_ops = _automation_ops(spec.automations, current.automations)
-        for op, want_a, have_a in automation_ops:
-            label = (
-                want_a.name if want_a is not None else (have_a.name if have_a is not None else "?")
+        diffs += [
+            FieldChange(
+                f"automation {op.name}",
+                _automation_view(op.have) if op.have is not None else None,
+                _automation_view(op.want) if op.want is not None else None,
             )
-            diffs.append(
-                FieldChange(
-                    f"automation {label}",
-                    _automation_view(have_a) if have_a is not None else None,
-                    _automation_view(want_a) if want_a is not None and op != "delete" else None,
-                )
-            )
+            for op in automation_ops
+        ]
         if diffs:
             result.changes.append(
                 Change(
@@ -485,23 +515,23 @@ def _automation_view(automation: AutomationSpec | LiveAutomation) -> dict[str, A
 
 def _automation_ops(
     wanted: Sequence[AutomationSpec], present: Sequence[LiveAutomation]
-) -> tuple[tuple[str, AutomationSpec | None, LiveAutomation | None], ...]:
+) -> tuple[AutomationOp, ...]:
     """Upsert by name, in place (ids kept); extras owned by this deployment are deleted."""
-    ops: list[tuple[str, AutomationSpec | None, LiveAutomation | None]] = []
+    ops: list[AutomationOp] = []
     by_name: dict[str, list[LiveAutomation]] = {}
     for automation in present:
         by_name.setdefault(automation.name, []).append(automation)
     for want in wanted:
         matches = sorted(by_name.pop(want.name, []), key=lambda a: a.id)
         if not matches:
-            ops.append(("create", want, None))
+            ops.append(AutomationOp("create", want, None))
             continue
         keep, *duplicates = matches
         if _automation_view(keep) != _automation_view(want):
-            ops.append(("update", want, keep))
-        ops += [("delete", None, extra) for extra in duplicates]  # never two of one
+            ops.append(AutomationOp("update", want, keep))
+        ops += [AutomationOp("delete", None, extra) for extra in duplicates]  # never two of one
     for leftovers in by_name.values():
-        ops += [("delete", None, extra) for extra in leftovers]
+        ops += [AutomationOp("delete", None, extra) for extra in leftovers]
     return tuple(ops)
 
 
@@ -512,27 +542,27 @@ def _schedule_text(schedule: ScheduleSpec | LiveSchedule) -> str:
 
 def _schedule_ops(
     wanted: Sequence[ScheduleSpec], present: Sequence[LiveSchedule], *, keep_active: bool = False
-) -> tuple[tuple[str, ScheduleSpec | None, LiveSchedule | None], ...]:
+) -> tuple[ScheduleOp, ...]:
     """Upsert by slug: unchanged schedules (and their scheduled runs) are left alone.
 
     With `keep_active` (the UI owns the active flag) a schedule's flag is not compared, and an
     update sends the live one."""
-    ops: list[tuple[str, ScheduleSpec | None, LiveSchedule | None]] = []
+    ops: list[ScheduleOp] = []
     by_slug = {s.slug: s for s in present}
     for want in wanted:
         have = by_slug.pop(want.slug, None)
         if have is not None and keep_active:
             want = replace(want, active=have.active)
         if have is None:
-            ops.append(("create", want, None))
+            ops.append(ScheduleOp("create", want, None))
         elif (have.cron, have.timezone or None, have.active) != (
             want.cron,
             want.timezone or None,
             want.active,
         ):
-            ops.append(("update", want, have))
+            ops.append(ScheduleOp("update", want, have))
     for leftover in by_slug.values():
-        ops.append(("delete", None, leftover))
+        ops.append(ScheduleOp("delete", None, leftover))
     return tuple(ops)
 
 
