@@ -50,6 +50,7 @@ from .datastore import Datastore
 from .engine import RunSummary
 from .processes import die_with_parent
 from .templates import Templates, zygote_from_runner
+from .zygote import freeze_heap
 
 ENABLE_ENV = "MFPREFECT_RUNNER"
 IDLE_ENV = "MFPREFECT_RUNNER_IDLE_SECONDS"
@@ -343,6 +344,8 @@ def _preload() -> None:
     ):
         with contextlib.suppress(ImportError):
             importlib.import_module(name)
+    # Each run child is forked from here; see zygote.freeze_heap.
+    freeze_heap()
 
 
 def _serve(key: str, listener: socket.socket) -> int:
