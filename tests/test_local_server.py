@@ -356,3 +356,42 @@ def test_a_first_start_sets_the_database_up_fast_and_prefect_finds_it_current(ho
     assert "fast database set-up failed" not in log
     assert (home.server / "prefect-home" / "prefect.db").exists()
     assert not (home.server / "prefect-home" / "prefect.db.new").exists()
+
+
+def test_the_first_run_starts_the_runner_while_the_server_starts(
+    home: Home, tmp_path: Path
+) -> None:
+    """The runner imports Prefect (about a second) while the new server sets itself up, not
+    after it: its start is announced before the server is ready, and the run finds it."""
+    from mfprefect.runtime import runner
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(
+        MFPREFECT_HOME=str(home.path),
+        METAFLOW_DATASTORE_SYSROOT_LOCAL=str(tmp_path / "ds"),
+        USER=os.environ.get("USER", "mfp-test-user"),
+    )
+    flow = Path(__file__).resolve().parent.parent / "examples" / "linear_flow.py"
+    try:
+        result = subprocess.run(
+            [sys.executable, str(flow), "--no-pylint", "prefect", "run"],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        lines = result.stderr.splitlines()
+
+        def first(words: str) -> int:
+            return next(i for i, line in enumerate(lines) if words in line)
+
+        assert first("starting the local runner") < first("local Prefect server ready")
+        assert first("local Prefect server ready") < first("Metaflow run LinearFlow/")
+        assert len(list((home.path / "runner").glob("*.pid"))) == 1
+        home.status()
+    finally:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("MFPREFECT_HOME", str(home.path))
+            runner.stop_runners()

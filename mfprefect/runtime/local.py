@@ -57,7 +57,13 @@ def run_locally(
         # A server named in the user's Prefect profile counts as "set up"; only without one do
         # we start (or reuse) mfprefect's own. Read the profile file rather than Prefect's
         # settings: importing those now would freeze them before PREFECT_API_URL is set.
-        os.environ["PREFECT_API_URL"] = profile_api_url() or local_server.ensure_server(echo)
+        try:
+            os.environ["PREFECT_API_URL"] = profile_api_url() or local_server.ensure_server(
+                echo, starting=_start_runner_meanwhile(echo)
+            )
+        except BaseException:
+            os.environ.pop("PREFECT_API_URL", None)  # a server that never answered
+            raise
     summary = None
     if runner.enabled() and _real_stdio():
         # The long-lived runner has Prefect imported already; this process never imports it.
@@ -75,7 +81,7 @@ def run_locally(
             handoff=handoff,
         )
         if summary is None:
-            echo("mfprefect: the local runner is busy with another run; running in this process")
+            echo("mfprefect: the local runner did not take the run; running in this process")
     if summary is None:
         from .prefect_flow import run_manifest
 
@@ -89,6 +95,18 @@ def run_locally(
         )
     local_server.touch()
     return summary
+
+
+def _start_runner_meanwhile(echo: Callable[[str], None]) -> Callable[[str], None] | None:
+    """While a new local server starts (seconds), the runner can import Prefect."""
+    if not (runner.enabled() and _real_stdio()):
+        return None
+
+    def starting(url: str) -> None:
+        os.environ["PREFECT_API_URL"] = url  # part of the runner's identity
+        runner.start_early(echo)
+
+    return starting
 
 
 def _real_stdio() -> bool:

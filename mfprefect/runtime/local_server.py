@@ -296,9 +296,16 @@ def _start_lock(echo: Echo, timeout: float) -> Iterator[None]:
 
 
 def ensure_server(
-    echo: Echo = lambda s: None, *, idle_seconds: int | None = None, timeout: float = 90.0
+    echo: Echo = lambda s: None,
+    *,
+    idle_seconds: int | None = None,
+    timeout: float = 90.0,
+    starting: Callable[[str], None] | None = None,
 ) -> str:
-    """Return the API URL of a running local server, starting one if needed."""
+    """Return the API URL of a running local server, starting one if needed.
+
+    `starting(url)` is called as soon as a new server's URL is known, before it answers, so
+    the caller can start other work meanwhile (called again if a taken port means another)."""
     configured = os.environ.get("PREFECT_API_URL")
     if configured:
         return configured
@@ -327,7 +334,7 @@ def ensure_server(
                     return str(info["url"])
                 time.sleep(0.2)
         _clear_stale(info)
-        return _start(echo, _idle_seconds(idle_seconds), timeout)
+        return _start(echo, _idle_seconds(idle_seconds), timeout, starting)
 
 
 def _still_starting(info: dict[str, Any]) -> bool:
@@ -347,7 +354,9 @@ def _clear_stale(info: dict[str, Any] | None) -> None:
     _info_path().unlink(missing_ok=True)
 
 
-def _start(echo: Echo, idle: int, timeout: float) -> str:
+def _start(
+    echo: Echo, idle: int, timeout: float, starting: Callable[[str], None] | None = None
+) -> str:
     """Start a supervisor (which starts the server) and wait until the server answers."""
     directory = server_dir()
     first_run = not (directory / "prefect-home" / "prefect.db").exists()
@@ -359,7 +368,9 @@ def _start(echo: Echo, idle: int, timeout: float) -> str:
     started = time.monotonic()
     # The free port we picked can be taken before Prefect binds it; then try another one.
     for attempt in range(3):
-        url = _start_once(idle, started + timeout, retry_if_port_taken=attempt < 2)
+        url = _start_once(
+            idle, started + timeout, retry_if_port_taken=attempt < 2, starting=starting
+        )
         if url is not None:
             touch()  # idle time counts from when the server could first be used
             elapsed = time.monotonic() - started
@@ -368,7 +379,13 @@ def _start(echo: Echo, idle: int, timeout: float) -> str:
     raise AssertionError("unreachable: the last attempt raises instead of returning None")
 
 
-def _start_once(idle: int, deadline: float, *, retry_if_port_taken: bool) -> str | None:
+def _start_once(
+    idle: int,
+    deadline: float,
+    *,
+    retry_if_port_taken: bool,
+    starting: Callable[[str], None] | None = None,
+) -> str | None:
     """One start attempt: the URL once healthy, None if the port was taken and we may retry."""
     directory = server_dir()
     port = _free_port()
@@ -393,6 +410,8 @@ def _start_once(idle: int, deadline: float, *, retry_if_port_taken: bool) -> str
             start_new_session=True,
             close_fds=True,
         )
+    if starting is not None:
+        starting(url)
 
     while not _healthy(url, timeout=1.0):
         code = supervisor.poll()

@@ -232,16 +232,23 @@ def _error(error: Mapping[str, Any]) -> MfprefectError:
     return kind(str(error.get("message")), hint=error.get("hint"))
 
 
-def _connect(key: str, echo: Echo) -> socket.socket:
-    """A connection to the runner for `key`, starting one if none answers."""
+def start_early(echo: Echo) -> None:
+    """Start the runner for this environment now, unless one answers, without waiting for it
+    (the first run does this while the local server starts; `run` connects later)."""
+    key = fingerprint(os.environ)
     conn = _try_connect(key)
     if conn is not None:
-        return conn
+        conn.close()
+        return
+    _spawn(key, echo)
+
+
+def _spawn(key: str, echo: Echo) -> subprocess.Popen[bytes]:
     echo("mfprefect: starting the local runner (it imports Prefect once; later runs reuse it) ...")
     log = _log_path(key)
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as sink:
-        starter = subprocess.Popen(
+        return subprocess.Popen(
             [sys.executable, "-m", "mfprefect.runtime.runner", key],
             # Fewer malloc arenas: Prefect's threads would otherwise each keep freed memory.
             env={**os.environ, "MALLOC_ARENA_MAX": os.environ.get("MALLOC_ARENA_MAX", "2")},
@@ -251,6 +258,15 @@ def _connect(key: str, echo: Echo) -> socket.socket:
             cwd="/",
             start_new_session=True,
         )
+
+
+def _connect(key: str, echo: Echo) -> socket.socket:
+    """A connection to the runner for `key`, starting one if none answers."""
+    conn = _try_connect(key)
+    if conn is not None:
+        return conn
+    starter = _spawn(key, echo)
+    log = _log_path(key)
     deadline = time.monotonic() + START_TIMEOUT_SECONDS
     while time.monotonic() < deadline:
         conn = _try_connect(key)
