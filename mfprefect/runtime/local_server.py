@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from ..errors import RuntimeFailure, UsageError
-from .processes import die_with_parent
+from .processes import die_with_parent, stop_group
 from .state import state_dir
 
 HOST = "127.0.0.1"
@@ -350,7 +350,7 @@ def _clear_stale(info: dict[str, Any] | None) -> None:
         _stop_supervisor(supervisor, KILL_GRACE_SECONDS + 5)
     if info is not None and _is_our_server(info.get("pid"), info.get("port")):
         # A server whose supervisor was killed outright would never stop by itself.
-        _kill_group(int(info["pid"]))
+        stop_group(int(info["pid"]), KILL_GRACE_SECONDS)
     _info_path().unlink(missing_ok=True)
 
 
@@ -469,25 +469,6 @@ def _stop_supervisor(pid: int, timeout: float) -> None:
             pass
 
 
-def _kill_group(pgid: int, grace: float = KILL_GRACE_SECONDS) -> None:
-    """SIGTERM a process group that is not our child, then SIGKILL it after `grace` seconds."""
-    try:
-        os.killpg(pgid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
-        time.sleep(0.1)
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-
-
 def stop_server(timeout: float = 15.0) -> bool:
     """Stop the local server and its supervisor; True if something was stopped."""
     info = _read_info()
@@ -497,7 +478,7 @@ def stop_server(timeout: float = 15.0) -> bool:
         _stop_supervisor(supervisor, timeout)
         stopped = True
     if info is not None and _is_our_server(info.get("pid"), info.get("port")):
-        _kill_group(int(info["pid"]))
+        stop_group(int(info["pid"]), KILL_GRACE_SECONDS)
         stopped = True
     _info_path().unlink(missing_ok=True)
     from . import runner
@@ -683,22 +664,8 @@ def _exit_status(server: subprocess.Popen[bytes]) -> int | None:
 
 def _stop_child_group(server: subprocess.Popen[bytes]) -> None:
     """Stop the server's whole process group: SIGTERM, then SIGKILL after a grace period."""
-    pgid = server.pid
-    try:
-        os.killpg(pgid, signal.SIGTERM)
-    except ProcessLookupError:
-        pass
-    deadline = time.monotonic() + KILL_GRACE_SECONDS
-    while _exit_status(server) is None and time.monotonic() < deadline:
-        time.sleep(0.1)
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+    stop_group(server.pid, KILL_GRACE_SECONDS, gone=lambda: _exit_status(server) is not None)
     server.wait()
-
-
-# --- command line -------------------------------------------------------------------------------
 
 
 def _log_line(message: str) -> None:

@@ -39,7 +39,7 @@ from collections.abc import Mapping
 from functools import partial
 from typing import Any
 
-from .processes import die_with_parent
+from .processes import die_with_parent, signal_group
 
 # Read by Python or Metaflow when they start; a step that changes one of these cannot be forked.
 _STARTUP_PREFIXES = ("METAFLOW_", "PYTHON")
@@ -268,8 +268,7 @@ def _serve_run(
                 return
             if pid in children:
                 # Anything the step left behind in its process group dies with it.
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(pid, signal.SIGKILL)
+                signal_group(pid)
             if _CAN_PEEK:
                 _, status = os.waitpid(pid, 0)
             conn = children.pop(pid, None)
@@ -336,8 +335,7 @@ def _serve_run(
             # to kill, and once killed it cannot make one.
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pid, signal.SIGKILL)
+            signal_group(pid)
 
 
 def serve_template(name: str, runner: int) -> int:
@@ -496,8 +494,7 @@ class ForkedProcess:
             data = await loop.sock_recv(self._conn, 4096)
             if not data:
                 # The zygote died: nobody will reap the step, so stop its group ourselves.
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(self.pid, signal.SIGKILL)
+                signal_group(self.pid)
                 return -signal.SIGKILL
             self._buffer += data
         return int(json.loads(self._buffer.split(b"\n", 1)[0])["exit"])
