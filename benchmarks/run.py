@@ -5,6 +5,7 @@
     python benchmarks/run.py --repeat 3 --only resume   # writes benchmarks/RESULTS-resume.md
     python benchmarks/run.py --repeat 3 --only workspace   # writes benchmarks/RESULTS-workspace.md
     python benchmarks/run.py --repeat 3 --only concurrent  # writes benchmarks/RESULTS-concurrent.md
+    python benchmarks/run.py --repeat 3 --only server      # writes benchmarks/RESULTS-server.md
 
 Writes benchmarks/RESULTS.md (and, with --readme, the table between the markers in README.md).
 Each workload runs in fresh temporary folders; peak memory is the PSS of the whole process tree
@@ -299,6 +300,73 @@ def bench_concurrent(repeat: int, work: Path) -> list[Row]:
         rows.append(row)
     _stop_local_server(env)
     return rows
+
+
+def _server_start(work: Path, ui: bool, fresh: bool = True) -> Sample:
+    """Seconds from starting mfprefect's server process to its API answering /health."""
+    import socket
+    import urllib.request
+
+    from mfprefect.runtime import local_server
+
+    home = work / "server-home"
+    if fresh:
+        shutil.rmtree(home, ignore_errors=True)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/api"
+    env = local_server._server_env(home, url)
+    env["PREFECT_SERVER_UI_ENABLED"] = "true" if ui else "false"
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    started = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mfprefect.runtime.prefect_server", "--host", "127.0.0.1"]
+        + ["--port", str(port)],
+        env=env,
+        cwd=work,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        while True:
+            with contextlib.suppress(OSError):
+                with opener.open(f"{url}/health", timeout=1) as answer:
+                    if answer.status == 200:
+                        break
+            if proc.poll() is not None:
+                raise RuntimeError(f"the server exited ({proc.returncode})")
+            time.sleep(0.05)
+        return Sample(time.perf_counter() - started, 0.0)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def bench_server(repeat: int, work: Path) -> list[Row]:
+    """The local server's start: with and without the UI (fresh database), fresh against existing."""
+    ui = Row(
+        "local server start with a fresh database, UI served against not",
+        "server with UI",
+        "server without UI",
+        note="the UI's start-up cost",
+    )
+    alternate(
+        ui, repeat, lambda: _server_start(work, ui=True), lambda: _server_start(work, ui=False)
+    )
+    fresh = Row(
+        "local server start, fresh database against an existing one",
+        "fresh database",
+        "existing database",
+        note="what setting up the database costs",
+    )
+    alternate(
+        fresh,
+        repeat,
+        lambda: _server_start(work, ui=True),
+        lambda: _server_start(work, ui=True, fresh=False),
+    )
+    return [ui, fresh]
 
 
 def _stop_local_server(env: dict[str, str]) -> None:
@@ -1060,6 +1128,8 @@ def main() -> int:
             rows += bench_resume(args.repeat, _fresh(work / "resume"))
         if "concurrent" in only:
             rows += bench_concurrent(args.repeat, _fresh(work / "concurrent"))
+        if "server" in only:
+            rows += bench_server(args.repeat, _fresh(work / "server"))
         if "dask" in only:
             rows += bench_dask(args.repeat, _fresh(work / "dask"))
     text = table(rows, args.repeat)
