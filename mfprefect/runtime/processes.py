@@ -1,14 +1,17 @@
-"""Process plumbing the runtime shares: tying a process's life to its parent's, and signalling
-and stopping process groups."""
+"""Process plumbing the runtime shares: tying a process's life to its parent's, signalling and
+stopping process groups, and passing descriptors with a request."""
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import os
 import signal
+import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 _PR_SET_PDEATHSIG = 1
 
@@ -44,3 +47,33 @@ def stop_group(pgid: int, grace: float, gone: Callable[[], bool] | None = None) 
     while not done() and time.monotonic() < deadline:
         time.sleep(0.1)
     signal_group(pgid, signal.SIGKILL)
+
+
+def send_with_fds(conn: socket.socket, message: Mapping[str, Any], fds: Sequence[int]) -> None:
+    """Send `message` as one JSON line with `fds` attached to its last byte (SCM_RIGHTS), so
+    the receiver has them once it has read the whole line."""
+    payload = (json.dumps(message) + "\n").encode()
+    conn.sendall(payload[:-1])
+    socket.send_fds(conn, [payload[-1:]], list(fds))
+
+
+def receive_with_fds(
+    conn: socket.socket, count: int, limit: int
+) -> tuple[dict[str, Any], list[int]] | None:
+    """Read one JSON line sent by `send_with_fds` with exactly `count` descriptors; None (and
+    no descriptor left open) if the sender went away, sent more than `limit` bytes or another
+    number of descriptors."""
+    buffer = b""
+    received: list[int] = []
+    while not buffer.endswith(b"\n"):
+        data, fds, _flags, _addr = socket.recv_fds(conn, 1 << 20, count + 1)
+        received += fds
+        buffer += data
+        if not data or len(buffer) > limit:
+            break
+    if not buffer.endswith(b"\n") or len(received) != count:
+        for fd in received:
+            os.close(fd)
+        return None
+    message: dict[str, Any] = json.loads(buffer)
+    return message, received

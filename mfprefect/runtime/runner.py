@@ -48,7 +48,7 @@ from ..manifest import Manifest
 from . import waiter
 from .datastore import Datastore
 from .engine import RunSummary
-from .processes import die_with_parent
+from .processes import die_with_parent, receive_with_fds, send_with_fds
 from .templates import Templates, zygote_from_runner
 from .zygote import freeze_heap
 
@@ -196,9 +196,7 @@ def run(
     try:
         sys.stdout.flush()
         sys.stderr.flush()
-        payload = (json.dumps(request) + "\n").encode()
-        conn.sendall(payload[:-1])
-        socket.send_fds(conn, [payload[-1:]], [sys.stdout.fileno(), sys.stderr.fileno()])
+        send_with_fds(conn, request, [sys.stdout.fileno(), sys.stderr.fileno()])
         if handoff is not None:
             _become_waiter(conn, handoff, key)
         reply = waiter.reply(conn, str(_log_path(key)))
@@ -515,20 +513,13 @@ def _serve_run(conn: socket.socket, channel: socket.socket) -> None:
 
 def _receive(conn: socket.socket) -> dict[str, Any] | None:
     """The request line, with the command's stdout and stderr put in place as ours."""
-    buffer = b""
-    while not buffer.endswith(b"\n"):
-        data, fds, _flags, _addr = socket.recv_fds(conn, 1 << 20, 2)
-        if not data or len(buffer) > _MAX_REQUEST:
-            return None
-        buffer += data
-        if fds:
-            if len(fds) != 2:
-                return None
-            os.dup2(fds[0], 1)
-            os.dup2(fds[1], 2)
-            for fd in fds:
-                os.close(fd)
-    request: dict[str, Any] = json.loads(buffer)
+    received = receive_with_fds(conn, 2, _MAX_REQUEST)
+    if received is None:
+        return None
+    request, fds = received
+    for target, fd in zip((1, 2), fds, strict=True):
+        os.dup2(fd, target)
+        os.close(fd)
     return request
 
 

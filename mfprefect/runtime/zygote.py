@@ -39,7 +39,7 @@ from collections.abc import Mapping
 from functools import partial
 from typing import Any
 
-from .processes import die_with_parent, signal_group
+from .processes import die_with_parent, send_with_fds, signal_group
 
 # Read by Python or Metaflow when they start; a step that changes one of these cannot be forked.
 _STARTUP_PREFIXES = ("METAFLOW_", "PYTHON")
@@ -644,9 +644,7 @@ class Zygote:
         conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             conn.connect(self.address)
-            payload = (json.dumps(request) + "\n").encode()
-            conn.sendall(payload[:-1])
-            socket.send_fds(conn, [payload[-1:]], [w for _, w in pipes])
+            send_with_fds(conn, request, [w for _, w in pipes])
         except BaseException:
             conn.close()
             for r, _ in pipes:
