@@ -272,7 +272,7 @@ async def _walk(run: ResolvedRun, run_task: Any, local: PrefectSteps | None) -> 
     run is cancelled in Prefect."""
     runner = engine.Runner(run, run_task)
     work = asyncio.ensure_future(runner.run())
-    watcher = asyncio.ensure_future(_cancel_when_requested(flow_run_info.id, work))
+    watcher = asyncio.ensure_future(_cancel_when_requested(run.flow_run_id, work))
     try:
         await work
     except asyncio.CancelledError:
