@@ -16,7 +16,7 @@ from ..errors import RuntimeFailure, UsageError
 from .apply import _guarded, _is_connection_error, _unreachable
 from .desired import MANIFEST_ENV, decode_manifest, parameter_key
 
-# A deployed run's Metaflow id names its flow run (see runtime.prefect_flow._execute).
+# A deployed run's Metaflow id names its flow run (see runtime.prefect_flow._in_flow_run).
 _DEPLOYED_RUN_ID = re.compile(r"prefect-([0-9a-f]{32})")
 # Prefect state types of a flow run that has not finished.
 _UNFINISHED = ("SCHEDULED", "PENDING", "RUNNING", "PAUSED", "CANCELLING")

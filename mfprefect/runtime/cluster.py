@@ -16,7 +16,7 @@ from ..errors import RuntimeFailure, UsageError
 from ..manifest import EnvRef, Executor, Manifest, Resources, SecretRef
 from . import commands, engine, step_tasks
 from .cluster_task import ATTEMPT, flush_logs, one_line, run_step
-from .datastore import Datastore
+from .resolved import ResolvedRun
 
 # Dask resource names for @resources. A worker advertises what it has with
 # `dask worker --resources "GPU=1,MEMORY=16384"` (memory and disk in MB, as Metaflow counts).
@@ -126,19 +126,17 @@ def code_variables(code: Mapping[str, str]) -> dict[str, str]:
 class ClusterSteps:
     """Runs Metaflow tasks as Prefect task runs on a Dask cluster, for one Runner."""
 
-    def __init__(
-        self, manifest: Manifest, datastore: Datastore, address: str, code: Mapping[str, str]
-    ) -> None:
+    def __init__(self, run: ResolvedRun, address: str, code: Mapping[str, str]) -> None:
         from prefect_dask import DaskTaskRunner
 
-        self.manifest = manifest
-        self.datastore = datastore
+        self.manifest = run.manifest
+        self.datastore = run.datastore
         self.address = address
         self.code = dict(code)
         self.task_runner = DaskTaskRunner(
             address=address, client_kwargs={"timeout": CONNECT_TIMEOUT, "set_as_default": False}
         )
-        self.semaphore = asyncio.Semaphore(manifest.deployment.step_slots)
+        self.semaphore = asyncio.Semaphore(run.manifest.deployment.step_slots)
         self.declared: list[str] = []
         self.reports = step_tasks.StepReports()
 

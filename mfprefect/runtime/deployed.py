@@ -18,8 +18,9 @@ from ..deploy.desired import MANIFEST_ENV, decode_manifest, parameter_key
 from ..manifest import Manifest, from_data, validate_data
 from .commands import parse_value
 from .fetch import cleanup
-from .prefect_flow import RunOptions, execute
-from .resume import RESUME_PARAMETER, read_origin, reused
+from .prefect_flow import execute
+from .resolved import ResolvedRun, resolve
+from .resume import RESUME_PARAMETER
 
 FLOW_NAME_ENV = "MFPREFECT_FLOW_NAME"
 _ANNOTATIONS: dict[str, Any] = {"str": str, "int": int, "float": float, "bool": bool, "json": Any}
@@ -59,10 +60,8 @@ def build(manifest: Manifest) -> Any:
             if value is not None:
                 parameters[spec.name] = value
         try:
-            options = RunOptions()
-            if asked:
-                options = await asyncio.to_thread(resumed, manifest, asked, parameters)
-            return await execute(manifest, parameters, options)
+            run = await asyncio.to_thread(this_run, manifest, asked, parameters)
+            return await execute(run)
         finally:
             # The package this run was unpacked from (if any) is this run's alone.
             cleanup(os.getcwd())
@@ -94,16 +93,18 @@ def build(manifest: Manifest) -> Any:
     )
 
 
-def resumed(manifest: Manifest, asked: Any, parameters: Mapping[str, Any]) -> RunOptions:
-    """A flow run that resumes `asked["origin_run_id"]` (see `mfprefect trigger --resume`):
-    what it clones is decided here, on the worker, from the datastore the run uses."""
+def this_run(manifest: Manifest, asked: Any, parameters: Mapping[str, Any]) -> ResolvedRun:
+    """This flow run's run, inside it; with `asked`, a resume of `asked["origin_run_id"]` (see
+    `mfprefect trigger --resume`): what it clones is decided here, on the worker, from the
+    datastore the run uses. Its environment references are checked with its secrets, later."""
     if isinstance(asked, str):  # a mapping travels as JSON text (see deploy.trigger)
         asked = json.loads(asked)
-    origin = read_origin(manifest, str(asked["origin_run_id"]))
-    return RunOptions(
-        clone_run_id=origin.run_id,
-        clones=reused(manifest, origin, asked.get("step_to_rerun"), parameters),
-        origin_parameters=origin.parameters,
+    return resolve(
+        manifest,
+        parameters,
+        env=os.environ,
+        clone_run_id=str(asked["origin_run_id"]) if asked else None,
+        step_to_rerun=asked.get("step_to_rerun") if asked else None,
     )
 
 

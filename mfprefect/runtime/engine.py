@@ -21,6 +21,7 @@ from ..errors import RuntimeFailure
 from ..manifest import Manifest, SecretRef, StepSpec
 from . import commands
 from .processes import die_with_parent
+from .resolved import ResolvedRun
 
 # Log lines kept per task for the failure message.
 TAIL_LINES = 20
@@ -102,16 +103,19 @@ class TaskResult:
 class Runner:
     """One pipeline run: launches step processes and walks the graph."""
 
-    manifest: Manifest
-    ctx: commands.RunContext
-    parameters: Mapping[str, Any]
+    resolved: ResolvedRun
     run_task: Callable[..., Awaitable[TaskResult]]
-    # Resume: origin task ids by (step, foreach indices, nth time that step ran at those indices).
-    clone_from: Mapping[tuple[str, tuple[int, ...], int], str] = field(default_factory=dict)
-    origin_run_id: str | None = None
     _counter: int = 0
     _occurrences: dict[tuple[str, tuple[int, ...]], int] = field(default_factory=dict)
     _fresh: set[str] = field(default_factory=set)
+
+    @property
+    def manifest(self) -> Manifest:
+        return self.resolved.manifest
+
+    @property
+    def ctx(self) -> commands.RunContext:
+        return self.resolved.context
 
     def new_task_id(self) -> str:
         self._counter += 1
@@ -126,9 +130,10 @@ class Runner:
         key = (step, indices)
         nth = self._occurrences.get(key, 0)
         self._occurrences[key] = nth + 1
-        if not self.clone_from or any(path in self._fresh for path in inputs):
+        clones = self.resolved.clones
+        if not clones or any(path in self._fresh for path in inputs):
             return None
-        return self.clone_from.get((step, indices, nth))
+        return clones.get((step, indices, nth))
 
     async def _run_step(
         self, step: str, inputs: list[str], split_index: int | None, indices: tuple[int, ...]
@@ -153,8 +158,8 @@ class Runner:
         """The Metaflow command of one task: `init` for `_parameters`, else `step` (a clone of
         the origin run's task `clone_of` on resume)."""
         if step == "_parameters":
-            return commands.init_command(self.ctx, task_id, self.parameters)
-        origin = self.origin_run_id
+            return commands.init_command(self.ctx, task_id, self.resolved.parameters)
+        origin = self.resolved.clone_run_id
         return commands.step_command(
             self.ctx,
             step,
@@ -378,7 +383,3 @@ def secret_blocks(manifest: Manifest) -> list[str]:
     """Every Prefect Secret block the manifest refers to."""
     layers = [manifest.deployment.environment] + [s.environment for s in manifest.steps.values()]
     return sorted({v.block for layer in layers for v in layer.values() if isinstance(v, SecretRef)})
-
-
-def python_executable() -> str:
-    return sys.executable

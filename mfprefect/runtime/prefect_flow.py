@@ -8,7 +8,6 @@ import dataclasses
 import json
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 from prefect import flow, get_run_logger, tags, task
@@ -17,34 +16,28 @@ from prefect.context import TagsContext
 from prefect.runtime import flow_run as flow_run_info
 from prefect.runtime import task_run as task_run_info
 
-from ..errors import UsageError
 from ..manifest import Manifest
-from . import cluster, commands, engine, locked_env, resume, step_tasks
-from .datastore import Datastore, TaskRecord
+from . import cluster, commands, engine, locked_env, step_tasks
+from .datastore import TaskRecord
 from .engine import RunSummary
+from .resolved import ResolvedRun, resolve
 from .zygote import ForkedProcess, Zygote, forking_enabled
 
 
 class PrefectSteps:
     """Runs Metaflow tasks as Prefect task runs for one Runner."""
 
-    def __init__(
-        self,
-        manifest: Manifest,
-        datastore: Datastore,
-        secrets: Mapping[str, str],
-        zygote: Zygote | None = None,
-    ) -> None:
-        self.manifest = manifest
-        self.datastore = datastore
-        self.secrets = dict(secrets)
+    def __init__(self, run: ResolvedRun, zygote: Zygote | None = None) -> None:
+        self.manifest = run.manifest
+        self.datastore = run.datastore
+        self.secrets = dict(run.secrets)
         self.zygote = zygote
         # Values from references anywhere in the run, masked in every step's output.
         self.masked: list[str] | None = None
         # Step output waiting to be saved, and the one batch save under way.
         self.unsaved: list[tuple[dict[str, Any], Any]] = []
         self.saver: asyncio.Future[None] | None = None
-        self.semaphore = asyncio.Semaphore(manifest.deployment.parallelism)
+        self.semaphore = asyncio.Semaphore(run.manifest.deployment.parallelism)
         self.reports = step_tasks.StepReports()
 
     async def __call__(
@@ -216,96 +209,70 @@ class PrefectSteps:
         )
 
 
-@dataclass(frozen=True)
-class RunOptions:
-    """How one run differs from a plain run of the manifest."""
-
-    run_id: str | None = None
-    tags: tuple[str, ...] = ()
-    # Resume: the earlier run, its successful tasks and its parameter values (read once, before
-    # the flow run starts, so an unknown run is a usage error rather than a failed flow run).
-    clone_run_id: str | None = None
-    clones: resume.Clones = field(default_factory=dict)
-    origin_parameters: Mapping[str, Any] = field(default_factory=dict)
-    # The step launcher, started before the flow run so its imports overlap with ours.
-    zygote: Zygote | None = field(default=None, compare=False)
-
-
-async def execute(manifest: Manifest, parameters: Mapping[str, Any], options: RunOptions) -> str:
+async def execute(run: ResolvedRun) -> str:
     """Inside a flow run: run every step of the pipeline; return the Metaflow run's pathspec."""
     # The run's tags (`metaflow_run:...`, a deployment's) mark the flow run. Task runs carry
     # only their own (from @resources): Prefect takes a concurrency lease for every tag a task
     # run has, a request and a service thread per distinct set of tags.
     with TagsContext(current_tags=set()):
-        return await _execute(manifest, parameters, options)
+        return await _execute(run)
 
 
-async def _execute(manifest: Manifest, parameters: Mapping[str, Any], options: RunOptions) -> str:
-    datastore = Datastore.for_manifest(manifest)
-    values = commands.parameter_values(manifest, {**options.origin_parameters, **parameters})
-    on_cluster = manifest.deployment.executor.kind == "dask"
+async def _execute(run: ResolvedRun) -> str:
+    run = await _in_flow_run(run)
+    manifest = run.manifest
+    if run.on_cluster:
+        address = cluster.resolve_address(manifest.deployment.executor, os.environ)
+        code = await asyncio.to_thread(cluster.run_code, manifest, os.environ)
+        with cluster.ClusterSteps(run, address, code) as on_workers:
+            await _walk(run, on_workers, None)
+        return run.pathspec
+    zygote = run.zygote or _start_zygote(manifest, commands.runtime_environment(run.context))
+    steps = PrefectSteps(run, zygote)
+    try:
+        await _walk(run, steps, steps)
+    finally:
+        if zygote is not None and zygote is not run.zygote:
+            zygote.close()
+    return run.pathspec
+
+
+async def _in_flow_run(run: ResolvedRun) -> ResolvedRun:
+    """The run with what only its flow run knows, added here once: the flow run's id, the
+    secrets, the locked environment, and the run id a metadata service recorded."""
+    manifest = run.manifest
+    flow_run_id = str(flow_run_info.id)
     # On a cluster, references are resolved by the worker that runs the step.
-    secrets = {} if on_cluster else await resolve_secrets(manifest)
-    # A deployment's run is named after its flow run, so a trigger knows the pathspec at once.
-    run_id = options.run_id or "prefect-" + str(flow_run_info.id).replace("-", "")
-    base_env = dict(os.environ)
-    python = engine.python_executable()
+    secrets = {} if run.on_cluster else await resolve_secrets(manifest)
+    base_env = dict(run.base_env)
+    python = run.python
     locked = await _locked_environment(manifest, base_env)
     if locked is not None:
         base_env.update(locked.env)
         python = locked.python
-    ctx = commands.RunContext(
-        manifest=manifest,
-        python=python,
-        flow_file=str(manifest.flow_path()),
-        datastore_root=datastore.root,
-        run_id=run_id,
+    run = dataclasses.replace(
+        run,
+        # A deployment's run is named after its flow run, so a trigger knows the pathspec at once.
+        run_id=run.run_id or "prefect-" + flow_run_id.replace("-", ""),
         # The Metaflow run points back at the Prefect flow run that made it.
-        tags=tuple(manifest.deployment.tags)
-        + options.tags
-        + (f"prefect_flow_run:{flow_run_info.id}",),
+        tags=run.tags + (f"prefect_flow_run:{flow_run_id}",),
         base_env=base_env,
+        python=python,
+        flow_run_id=flow_run_id,
+        secrets=secrets,
     )
-    if not on_cluster:
+    if not run.on_cluster:
         for step in [None, *manifest.steps]:
-            commands.environment(ctx, step, secrets.get)
-    ctx = await _registered(ctx, secrets, on_cluster)
-    if on_cluster:
-        address = cluster.resolve_address(manifest.deployment.executor, os.environ)
-        code = await asyncio.to_thread(cluster.run_code, manifest, os.environ)
-        with cluster.ClusterSteps(manifest, datastore, address, code) as on_workers:
-            await _walk(manifest, ctx, values, on_workers, options, None)
-        return f"{manifest.flow_class}/{ctx.run_id}"
-    zygote = options.zygote or _start_zygote(manifest, commands.runtime_environment(ctx))
-    steps = PrefectSteps(manifest, datastore, secrets, zygote)
-    try:
-        await _walk(manifest, ctx, values, steps, options, steps)
-    finally:
-        if zygote is not None and zygote is not options.zygote:
-            zygote.close()
-    return f"{manifest.flow_class}/{ctx.run_id}"
+            commands.environment(run.context, step, secrets.get)
+    return await _registered(run)
 
 
-async def _walk(
-    manifest: Manifest,
-    ctx: commands.RunContext,
-    values: Mapping[str, Any],
-    run_task: Any,
-    options: RunOptions,
-    local: PrefectSteps | None,
-) -> None:
+async def _walk(run: ResolvedRun, run_task: Any, local: PrefectSteps | None) -> None:
     """Walk the pipeline's graph, each task through `run_task`, until it ends, fails or the flow
     run is cancelled in Prefect."""
-    runner = engine.Runner(
-        manifest,
-        ctx,
-        values,
-        run_task,
-        clone_from=options.clones,
-        origin_run_id=options.clone_run_id,
-    )
+    runner = engine.Runner(run, run_task)
     work = asyncio.ensure_future(runner.run())
-    watcher = asyncio.ensure_future(_cancel_when_requested(flow_run_info.id, work))
+    watcher = asyncio.ensure_future(_cancel_when_requested(run.flow_run_id, work))
     try:
         await work
     except asyncio.CancelledError:
@@ -320,19 +287,19 @@ async def _walk(
             await local.drain()
 
 
-async def _registered(
-    ctx: commands.RunContext, secrets: Mapping[str, str], on_cluster: bool = False
-) -> commands.RunContext:
+async def _registered(run: ResolvedRun) -> ResolvedRun:
     """The run registered with a metadata service, under the id the service recorded. With
     steps on a cluster, the manifest's references are the workers' to resolve: registration
     uses this process's own environment (where the service settings are)."""
+    ctx = run.context
     args = commands.register_command(ctx)
     if args is None:
-        return ctx
+        return run
     logger = get_run_logger()
+    secrets = run.secrets
     env = (
         commands.runtime_environment(ctx)
-        if on_cluster
+        if run.on_cluster
         else commands.environment(ctx, None, secrets.get)
     )
     outcome = await engine.run_process(
@@ -357,7 +324,7 @@ async def _registered(
             f"the metadata service does not take client-chosen run ids: this run is "
             f"{ctx.manifest.flow_class}/{recorded}"
         )
-    return dataclasses.replace(ctx, run_id=recorded)
+    return dataclasses.replace(run, run_id=recorded)
 
 
 async def _locked_environment(
@@ -388,11 +355,14 @@ def _start_zygote(
         return None
 
 
-def build_flow(manifest: Manifest, options: RunOptions) -> Any:
-    """A Prefect flow named after the pipeline; it takes the pipeline's parameters as a mapping."""
+def build_flow(run: ResolvedRun) -> Any:
+    """A Prefect flow named after the pipeline that runs `run`; it takes the pipeline's
+    parameters as a mapping (the values given, recorded on the flow run: `run` holds them
+    resolved already)."""
+    manifest = run.manifest
 
     async def pipeline(parameters: dict[str, Any]) -> str:
-        return await execute(manifest, parameters, options)
+        return await execute(run)
 
     make_flow: Any = flow
     return make_flow(
@@ -451,6 +421,17 @@ async def resolve_secrets(manifest: Manifest) -> dict[str, str]:
     return values
 
 
+def _check_references(manifest: Manifest, env: Mapping[str, str]) -> None:
+    """UsageError for an environment reference (or a cluster's address) `env` cannot fill,
+    before any flow run exists; secret blocks are read only inside the flow run."""
+    if manifest.deployment.executor.kind == "dask":
+        cluster.resolve_address(manifest.deployment.executor, env)
+        return
+    precheck = commands.RunContext(manifest, "", "", "", "", base_env=dict(env))
+    for step in [None, *manifest.steps]:
+        commands.environment(precheck, step, lambda _block: "")
+
+
 def run_manifest(
     manifest: Manifest,
     parameters: Mapping[str, Any],
@@ -470,45 +451,29 @@ def run_manifest(
     passes one that asks it for a fork of a shared template).
     """
     # Usage errors (parameters, environment references, an unknown run) before any flow run exists.
-    clones: resume.Clones = {}
-    origin_parameters: Mapping[str, Any] = {}
-    if clone_run_id:
-        origin = resume.read_origin(manifest, clone_run_id)
-        clones = resume.reused(manifest, origin, step_to_rerun)
-        origin_parameters = origin.parameters
-    elif step_to_rerun:
-        raise UsageError("a step to re-run needs the run to resume (--clone-run-id)")
-    commands.parameter_values(manifest, {**origin_parameters, **parameters})
-    precheck = commands.RunContext(manifest, "", "", "", "", base_env=dict(os.environ))
-    if manifest.deployment.executor.kind == "dask":
-        cluster.resolve_address(manifest.deployment.executor, os.environ)
-    else:
-        for step in [None, *manifest.steps]:
-            commands.environment(precheck, step, lambda _block: "")
-    run_id = run_id or engine.new_run_id()
-    pathspec = f"{manifest.flow_class}/{run_id}"
-    echo(f"Metaflow run {pathspec}")
-    shared = commands.RunContext(
-        manifest, "", "", Datastore.for_manifest(manifest).root, "", base_env=dict(os.environ)
-    )
-    options = RunOptions(
-        run_id=run_id,
-        tags=tuple(tags_),
+    run = resolve(
+        manifest,
+        parameters,
+        env=os.environ,
+        run_id=run_id or engine.new_run_id(),
+        tags=tags_,
         clone_run_id=clone_run_id,
-        clones=clones,
-        origin_parameters=origin_parameters,
-        # Steps on a cluster start on its workers; the flow (sent with each task) holds no zygote.
-        zygote=None
-        if manifest.deployment.executor.kind == "dask"
-        else _start_zygote(manifest, commands.runtime_environment(shared), start_zygote),
+        step_to_rerun=step_to_rerun,
+        check=_check_references,
     )
-    prefect_flow = build_flow(manifest, options)
+    pathspec = run.pathspec
+    echo(f"Metaflow run {pathspec}")
+    if not run.on_cluster:
+        # Steps on a cluster start on its workers; the flow (sent with each task) holds no zygote.
+        zygote = _start_zygote(manifest, commands.runtime_environment(run.context), start_zygote)
+        run = dataclasses.replace(run, zygote=zygote)
+    prefect_flow = build_flow(run)
     try:
         with tags("mfprefect", f"metaflow_run:{pathspec}"):
             state = asyncio.run(prefect_flow(parameters=dict(parameters), return_state=True))
     finally:
-        if options.zygote is not None:
-            options.zygote.close()
+        if run.zygote is not None:
+            run.zygote.close()
     flow_run_id = str(state.state_details.flow_run_id) if state.state_details.flow_run_id else None
     if state.is_cancelling() and flow_run_id:
         # The engine could not move a Cancelling run on; the steps are stopped, so say so.
