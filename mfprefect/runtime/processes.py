@@ -9,6 +9,7 @@ import json
 import os
 import signal
 import socket
+import struct
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -49,9 +50,15 @@ def stop_group(pgid: int, grace: float, gone: Callable[[], bool] | None = None) 
     signal_group(pgid, signal.SIGKILL)
 
 
+def peer_uid(conn: socket.socket) -> int:
+    """The user id of the process at the other end of a Unix socket."""
+    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return int(struct.unpack("3i", creds)[1])
+
+
 def send_with_fds(conn: socket.socket, message: Mapping[str, Any], fds: Sequence[int]) -> None:
     """Send `message` as one JSON line with `fds` attached to its last byte (SCM_RIGHTS), so
-    the receiver has them once it has read the whole line."""
+    the receiver has them once it has read the whole line (with no `fds`: just the line)."""
     payload = (json.dumps(message) + "\n").encode()
     conn.sendall(payload[:-1])
     socket.send_fds(conn, [payload[-1:]], list(fds))
@@ -60,7 +67,8 @@ def send_with_fds(conn: socket.socket, message: Mapping[str, Any], fds: Sequence
 def receive_with_fds(
     conn: socket.socket, count: int, limit: int
 ) -> tuple[dict[str, Any], list[int]] | None:
-    """Read one JSON line sent by `send_with_fds` with exactly `count` descriptors; None (and
+    """Read one JSON line sent by `send_with_fds` with exactly `count` descriptors (0 for a
+    plain line); None (and
     no descriptor left open) if the sender went away, sent more than `limit` bytes or another
     number of descriptors."""
     buffer = b""

@@ -32,7 +32,6 @@ import os
 import select
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import threading
@@ -48,7 +47,7 @@ from ..manifest import Manifest
 from . import waiter
 from .datastore import Datastore
 from .engine import RunSummary
-from .processes import die_with_parent, receive_with_fds, send_with_fds
+from .processes import die_with_parent, peer_uid, receive_with_fds, send_with_fds
 from .templates import Templates, zygote_from_runner
 from .zygote import freeze_heap
 
@@ -303,11 +302,6 @@ def _idle_limit() -> float:
         return float(DEFAULT_IDLE_SECONDS)
 
 
-def _peer_uid(conn: socket.socket) -> int:
-    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    return int(struct.unpack("3i", creds)[1])
-
-
 def serve(key: str) -> int:
     """Bind the runner's socket (losing a start race ends quietly), import Prefect, serve."""
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -400,7 +394,7 @@ def _serve(key: str, listener: socket.socket) -> int:
                     continue
                 conn, _ = listener.accept()
                 try:
-                    if _peer_uid(conn) == os.getuid():
+                    if peer_uid(conn) == os.getuid():
                         pid, channel = _fork_run(conn, listener, list(channels))
                         runs[pid] = channel
                         served += 1

@@ -8,15 +8,16 @@ zygote in a few milliseconds whenever a run asks.
 
 The run child asks the runner over a channel (a socket pair made when the runner forks it): it
 sends one JSON line `{"key", "env", "cwd"}` and reads back `{"template": NAME}`, the abstract
-socket name of a template started with that environment and folder (or null). A template is a
-child of the runner and dies with it; the runner stops one that no run has used for
+socket name of a template started with that environment and folder (or null: then the run
+starts a zygote of its own). The runner binds and listens on the template's socket itself and
+hands it over, so a run can connect at once, while the template is still importing. A template
+is a child of the runner and dies with it; the runner stops one that no run has used for
 TEMPLATE_IDLE_SECONDS, and keeps at most MAX_TEMPLATES that no run is using.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import socket
 import subprocess
@@ -25,6 +26,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from .processes import receive_with_fds, send_with_fds
 from .zygote import Zygote, template_key
 
 TEMPLATE_IDLE_SECONDS = 10 * 60
@@ -47,27 +49,21 @@ class Templates:
         self._prefix = f"mfprefect-zygote-{os.getuid()}-{runner_key}-"
         self._live: dict[str, _Template] = {}
         self._stopping: list[subprocess.Popen[bytes]] = []
-        self._buffers: dict[int, bytes] = {}
+        self._started = 0
 
     def answer(self, run: int, channel: socket.socket) -> None:
-        """Read what the run child `run` sent on its channel; answer a complete request."""
+        """Answer the request the run child `run` sent on its channel (it sends the whole line
+        at once); nothing if the child is gone (it is reaped and released then)."""
         try:
-            data = channel.recv(1 << 20)
-        except OSError:
-            data = b""
-        buffer = self._buffers.pop(run, b"") + data
-        if not data or len(buffer) > _MAX_MESSAGE:
-            return  # the child is gone (it is reaped and released then) or misbehaves
-        if not buffer.endswith(b"\n"):
-            self._buffers[run] = buffer
-            return
-        try:
-            request = json.loads(buffer)
+            received = receive_with_fds(channel, 0, _MAX_MESSAGE)
+            if received is None:
+                return
+            request = received[0]
             name = self._template_for(run, request["key"], request["env"], request["cwd"])
         except (OSError, ValueError, KeyError, TypeError):
             name = None
         with contextlib.suppress(OSError):
-            channel.sendall((json.dumps({"template": name}) + "\n").encode())
+            send_with_fds(channel, {"template": name}, [])
 
     def _template_for(self, run: int, key: str, env: Mapping[str, str], cwd: str) -> str:
         found = self._live.get(key)
@@ -76,16 +72,22 @@ class Templates:
             found = None
         if found is None:
             self._make_room()
-            name = self._prefix + key
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "mfprefect.runtime.zygote", "--template", name]
-                + [str(os.getpid())],
-                env=dict(env),
-                cwd=cwd,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.DEVNULL,
-                stderr=None,  # the runner's log
-            )
+            # Numbered: a stopped template may still hold its name while it exits.
+            self._started += 1
+            name = f"{self._prefix}{key}-{self._started}"
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+                listener.bind("\0" + name)
+                listener.listen(64)
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "mfprefect.runtime.zygote", "--template"]
+                    + [str(listener.fileno()), str(os.getpid())],
+                    env=dict(env),
+                    cwd=cwd,
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.DEVNULL,
+                    stderr=None,  # the runner's log
+                    pass_fds=[listener.fileno()],
+                )
             found = self._live[key] = _Template(name, proc)
         found.users.add(run)
         found.last_used = time.monotonic()
@@ -93,7 +95,6 @@ class Templates:
 
     def release(self, run: int) -> None:
         """The run child `run` has exited: its template is free again (as far as it goes)."""
-        self._buffers.pop(run, None)
         for template in self._live.values():
             if run in template.users:
                 template.users.discard(run)
@@ -134,17 +135,9 @@ class Templates:
 def zygote_from_runner(
     channel: socket.socket, env: Mapping[str, str], cwd: str, flow_dir: str
 ) -> Zygote | None:
-    """In a run child: this run's zygote, forked by the runner's template for `env` and `cwd`;
-    None if the runner has none to give."""
-    request = {"key": template_key(env, cwd), "env": dict(env), "cwd": cwd}
-    channel.sendall((json.dumps(request) + "\n").encode())
-    answer = b""
-    while not answer.endswith(b"\n"):
-        data = channel.recv(65536)
-        if not data:
-            return None
-        answer += data
-    name = json.loads(answer).get("template")
-    if not name:
-        return None
-    return Zygote(env, cwd, flow_dir, template=name)
+    """In a run child: this run's zygote, forked by the runner's template for `env` and `cwd`,
+    or one of the run's own if the runner has none to give."""
+    send_with_fds(channel, {"key": template_key(env, cwd), "env": dict(env), "cwd": cwd}, [])
+    answer = receive_with_fds(channel, 0, _MAX_MESSAGE)
+    name = answer[0].get("template") if answer is not None else None
+    return Zygote(env, cwd, flow_dir, template=name or None)

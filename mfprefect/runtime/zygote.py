@@ -30,16 +30,20 @@ import os
 import selectors
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Mapping
 from functools import partial
 from typing import Any
 
-from .processes import die_with_parent, send_with_fds, signal_group
+from .processes import (
+    die_with_parent,
+    peer_uid,
+    receive_with_fds,
+    send_with_fds,
+    signal_group,
+)
 
 # Read by Python or Metaflow when they start; a step that changes one of these cannot be forked.
 _STARTUP_PREFIXES = ("METAFLOW_", "PYTHON")
@@ -214,6 +218,16 @@ def _wake(_signum: int, _frame: object) -> None:
     the work there, between two steps of the loop, cannot interrupt the loop's own."""
 
 
+def _wake_pipe() -> tuple[int, int]:
+    """The pipe the handled signals' numbers are written to (see `_wake`): (read, write)."""
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)
+    for sig in _HANDLED_SIGNALS:
+        signal.signal(sig, _wake)
+    return wake_r, wake_w
+
+
 def serve(address: str, flow_dir: str) -> int:
     """Preload Metaflow, say ready on stdout, then fork steps until stdin closes.
 
@@ -235,11 +249,7 @@ def _serve_run(
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(address)
     listener.listen(64)
-    wake_r, wake_w = os.pipe()
-    os.set_blocking(wake_w, False)
-    signal.set_wakeup_fd(wake_w)
-    for sig in _HANDLED_SIGNALS:
-        signal.signal(sig, _wake)
+    wake_r, wake_w = _wake_pipe()
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _HANDLED_SIGNALS)
     os.write(ready, b"ready\n")
 
@@ -338,26 +348,20 @@ def _serve_run(
             signal_group(pid)
 
 
-def serve_template(name: str, runner: int) -> int:
+def serve_template(listening: int, runner: int) -> int:
     """A zygote shared by the runs of one runner: preload Metaflow once, then fork a run's
-    zygote (`_serve_run`) for each connection to the abstract socket `name`, until stdin
-    closes or the runner dies.
+    zygote (`_serve_run`) for each connection to the socket `listening` (bound and listened on
+    by the runner, so a run can connect before the preload is done), until stdin closes or the
+    runner dies.
 
     A connection sends one JSON line `{"address", "flow_dir", "cwd"}` and stays open for the
     run: the forked zygote says ready on it, and stops (killing its steps) when it closes. The
     runner keeps one template per startup environment (see `template_key`).
     """
     die_with_parent(signal.SIGTERM, parent=runner)
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    # Bound before the preload: a run's connection waits in the backlog meanwhile.
-    listener.bind("\0" + name)
-    listener.listen(64)
+    listener = socket.socket(fileno=listening)
     main_globals = _preload()
-    wake_r, wake_w = os.pipe()
-    os.set_blocking(wake_w, False)
-    signal.set_wakeup_fd(wake_w)
-    for sig in _HANDLED_SIGNALS:
-        signal.signal(sig, _wake)
+    wake_r, _ = _wake_pipe()
     selector = selectors.DefaultSelector()
     selector.register(listener, selectors.EVENT_READ, "accept")
     selector.register(wake_r, selectors.EVENT_READ, "signal")
@@ -379,9 +383,11 @@ def serve_template(name: str, runner: int) -> int:
                 else:
                     conn, _ = listener.accept()
                     with contextlib.suppress(OSError, ValueError):
-                        request = _run_request(conn)
-                        if request is not None:
-                            runs.add(_fork_run_zygote(conn, request, main_globals, template))
+                        conn.settimeout(10)
+                        received = receive_with_fds(conn, 0, _MAX_REQUEST)
+                        conn.settimeout(None)
+                        if received is not None and peer_uid(conn) == os.getuid():
+                            runs.add(_fork_run_zygote(conn, received[0], main_globals, template))
                     conn.close()
             for pid in list(runs):
                 with contextlib.suppress(ChildProcessError):
@@ -392,23 +398,6 @@ def serve_template(name: str, runner: int) -> int:
         for pid in runs:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
-
-
-def _run_request(conn: socket.socket) -> dict[str, Any] | None:
-    """The one request line of a run's connection, from a process of this user only."""
-    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    if struct.unpack("3i", creds)[1] != os.getuid():
-        return None
-    conn.settimeout(10)
-    buffer = b""
-    while not buffer.endswith(b"\n"):
-        data = conn.recv(65536)
-        if not data or len(buffer) > _MAX_REQUEST:
-            return None
-        buffer += data
-    conn.settimeout(None)
-    request: dict[str, Any] = json.loads(buffer)
-    return request
 
 
 def _fork_run_zygote(
@@ -520,24 +509,6 @@ class ForkedProcess:
         return self.returncode
 
 
-# A template just started binds its socket within a few tenths of a second.
-_TEMPLATE_CONNECT_SECONDS = 10.0
-
-
-def _connect_template(name: str) -> socket.socket:
-    deadline = time.monotonic() + _TEMPLATE_CONNECT_SECONDS
-    while True:
-        conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            conn.connect("\0" + name)
-            return conn
-        except ConnectionRefusedError:
-            conn.close()
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.01)
-
-
 class Zygote:
     """The runner's handle on one run's zygote; `spawn` falls back to exec when it must."""
 
@@ -564,9 +535,10 @@ class Zygote:
                 assert self._proc.stdout is not None
                 self._answers = self._proc.stdout
             else:
-                self._control = _connect_template(template)
+                self._control = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                self._control.connect("\0" + template)
                 request = {"address": self.address, "flow_dir": flow_dir, "cwd": cwd}
-                self._control.sendall((json.dumps(request) + "\n").encode())
+                send_with_fds(self._control, request, [])
                 self._answers = self._control.makefile("rb")
         except BaseException:
             self.close()
@@ -702,5 +674,5 @@ class Zygote:
 
 if __name__ == "__main__":
     if sys.argv[1] == "--template":
-        sys.exit(serve_template(sys.argv[2], int(sys.argv[3])))
+        sys.exit(serve_template(int(sys.argv[2]), int(sys.argv[3])))
     sys.exit(serve(sys.argv[1], sys.argv[2]))
