@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -354,6 +355,7 @@ def test_a_first_start_sets_the_database_up_fast_and_prefect_finds_it_current(ho
         assert json.loads(response.read())["name"] == "fast-db"
     log = (home.server / "server.log").read_text()
     assert "fast database set-up failed" not in log
+    assert re.search(r"database set up at head in \d+\.\d s", log), log
     assert (home.server / "prefect-home" / "prefect.db").exists()
     assert not (home.server / "prefect-home" / "prefect.db.new").exists()
 

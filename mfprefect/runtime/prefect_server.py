@@ -21,6 +21,7 @@ import contextlib
 import os
 import socket
 import sys
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -83,9 +84,10 @@ def migrate_file(path: Path, database_interface: Any) -> None:
         engine.dispose()
 
 
-def prepare_database(log: Any = print) -> bool:
+def prepare_database() -> bool:
     """Create the server's database quickly if it is a local SQLite file that does not exist
-    yet; True if this did it (else Prefect migrates it at start-up, as usual)."""
+    yet; True if this did it (else Prefect migrates it at start-up, as usual). Either way it
+    says so in the server's log."""
     from prefect.server.database import provide_database_interface
 
     database = provide_database_interface()
@@ -95,14 +97,16 @@ def prepare_database(log: Any = print) -> bool:
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".new")
     partial.unlink(missing_ok=True)
+    started = time.monotonic()
     try:
         migrate_file(partial, database)
         os.replace(partial, path)
     except Exception as exc:  # noqa: BLE001 - Prefect's own migration is the fallback
-        log(f"fast database set-up failed ({type(exc).__name__}: {exc}); Prefect migrates it")
+        print(f"fast database set-up failed ({type(exc).__name__}: {exc}); Prefect migrates it")
         with contextlib.suppress(OSError):
             partial.unlink()
         return False
+    print(f"database set up at head in {time.monotonic() - started:.1f} s", flush=True)
     return True
 
 
