@@ -77,37 +77,8 @@ def _runner_pids(env: dict[str, str]) -> list[int]:
     return pids
 
 
-def _tree_rss_mb(*roots: int) -> float:
-    """Resident memory of `roots` and all their descendants, from /proc."""
-    children: dict[int, list[int]] = {}
-    rss: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as handle:
-                fields = handle.read().rsplit(")", 1)[1].split()
-            ppid = int(fields[1])
-            pages = int(fields[21])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(ppid, []).append(int(entry))
-        rss[int(entry)] = pages
-    total, stack, seen = 0, list(roots), set()
-    while stack:
-        pid = stack.pop()
-        if pid in seen:
-            continue
-        seen.add(pid)
-        total += rss.get(pid, 0)
-        stack += children.get(pid, [])
-    return total * os.sysconf("SC_PAGE_SIZE") / (1024 * 1024)
-
-
-def _tree_pss_mb(*roots: int) -> float:
-    """Proportional set size of `roots` and all their descendants (from each one's
-    /proc/PID/smaps_rollup): a page shared by n processes counts 1/n in each, so copy-on-write
-    pages of forked steps are counted once in all, not once per process as RSS would."""
+def _tree(*roots: int) -> set[int]:
+    """`roots` and all their descendants alive now, from /proc."""
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -118,13 +89,27 @@ def _tree_pss_mb(*roots: int) -> float:
         except (OSError, IndexError, ValueError):
             continue
         children.setdefault(ppid, []).append(int(entry))
-    total_kb, stack, seen = 0, list(roots), set()
+    seen: set[int] = set()
+    stack = list(roots)
     while stack:
         pid = stack.pop()
-        if pid in seen:
-            continue
-        seen.add(pid)
-        stack += children.get(pid, [])
+        if pid not in seen:
+            seen.add(pid)
+            stack += children.get(pid, [])
+    return seen
+
+
+def _tree_rss_mb(*roots: int) -> float:
+    """Resident memory of `roots` and all their descendants, from /proc."""
+    return sum(_rss_mb(pid) for pid in _tree(*roots))
+
+
+def _tree_pss_mb(*roots: int) -> float:
+    """Proportional set size of `roots` and all their descendants (from each one's
+    /proc/PID/smaps_rollup): a page shared by n processes counts 1/n in each, so copy-on-write
+    pages of forked steps are counted once in all, not once per process as RSS would."""
+    total_kb = 0
+    for pid in _tree(*roots):
         try:
             with open(f"/proc/{pid}/smaps_rollup") as handle:
                 for line in handle:
