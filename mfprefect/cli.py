@@ -15,8 +15,8 @@ import click
 
 from .cli_options import executor_options, resume_options, step_to_rerun_option
 from .errors import MfprefectError, PlanRejected, UsageError
+from .repository import yaml_files_in
 
-MANIFEST_SUFFIXES = (".yaml", ".yml")
 ERROR_PREFIX = "mfprefect: error: "
 
 
@@ -44,10 +44,7 @@ def manifest_files(paths: tuple[str, ...], allow_empty: bool = False) -> list[tu
     for given in paths:
         path = Path(given)
         if path.is_dir():
-            children = sorted(
-                p for p in path.iterdir() if p.suffix in MANIFEST_SUFFIXES and p.is_file()
-            )
-            found += [(str(p), p.as_posix()) for p in children]
+            found += [(child, Path(child).as_posix()) for child in yaml_files_in(given)]
         elif path.exists():
             found.append((given, Path(given).as_posix()))
         else:
@@ -191,12 +188,17 @@ def export(paths: tuple[str, ...], output: str, check: bool, **given: Any) -> No
     flow_file = paths[0]
     if not Path(flow_file).is_file():
         raise UsageError(f"no such flow file: {flow_file}")
-    command = [sys.executable, flow_file, "--quiet"] + metaflow_top_level_args(given)
-    command += ["prefect", "export", output] + export_args(given)
-    if check:
-        command.append("--check")
-    code = subprocess.call(command)
+    code = subprocess.call(_export_command(flow_file, output, given, check=check))
     sys.exit(code if code in (0, 1, 2) else 1)
+
+
+def _export_command(flow: str, target: str, given: dict[str, Any], *, check: bool) -> list[str]:
+    """The flow's own `prefect export` command. The flow path goes to Python as given, so
+    Metaflow's messages (and ours) name it so; a check skips pylint, which says nothing about
+    whether the manifest is current and is slow."""
+    command = [sys.executable, flow, "--quiet", *(["--no-pylint"] if check else [])]
+    command += [*metaflow_top_level_args(given), "prefect", "export", target]
+    return command + (["--check"] if check else []) + export_args(given)
 
 
 def check_exports(paths: tuple[str, ...], given: dict[str, Any]) -> int:
@@ -211,15 +213,10 @@ def check_exports(paths: tuple[str, ...], given: dict[str, Any]) -> int:
         ) from None
     for problem in selection.problems:
         click.echo(f"{ERROR_PREFIX}{problem}", err=True)
-    top_level = metaflow_top_level_args(given)
     stale = 0
     worst = 1 if selection.problems else 0
     for pair in selection.checks:
-        # The flow path goes to Python as given, so Metaflow's messages (and ours) name it so.
-        # pylint says nothing about whether the manifest is current: skip it, it is slow.
-        command = [sys.executable, pair.flow, "--quiet", "--no-pylint", *top_level]
-        command += ["prefect", "export", pair.manifest, "--check", *export_args(given)]
-        code = subprocess.call(command)
+        code = subprocess.call(_export_command(pair.flow, pair.manifest, given, check=True))
         if code != 0:
             stale += 1
             worst = max(worst, code if code in (1, 2) else 1)

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from . import yamlsafe
-from .kinds import RESOURCE_KINDS
+from .kinds import RESOURCE_KINDS, kind_of
 
 MANIFEST_SUFFIXES = (".yaml", ".yml")
 FLOW_SUFFIX = ".py"
@@ -25,48 +25,69 @@ API_GROUP = "mfprefect/"
 _API_VERSION_LINE = re.compile(r"""^apiVersion:[ \t]*["']?mfprefect/""", re.MULTILINE)
 
 
+@dataclass(frozen=True)
+class _Parsed:
+    """One file's text and its YAML (None when it does not parse or is too big to)."""
+
+    text: str
+    data: object
+
+    @property
+    def is_manifest(self) -> bool:
+        if isinstance(self.data, dict):
+            version = self.data.get("apiVersion")
+            return isinstance(version, str) and version.startswith(API_GROUP)
+        return bool(_API_VERSION_LINE.search(self.text))
+
+    @property
+    def flow_file(self) -> str | None:
+        flow = self.data.get("flow") if isinstance(self.data, dict) else None
+        file = flow.get("file") if isinstance(flow, dict) else None
+        return file if isinstance(file, str) and file else None
+
+    @property
+    def exported(self) -> bool:
+        return kind_of(self.data) not in RESOURCE_KINDS
+
+
+def _parsed(blob: bytes) -> _Parsed:
+    text = blob.decode("utf-8", errors="replace")
+    if len(blob) > yamlsafe.MAX_BYTES:
+        return _Parsed(text, None)  # validate reports it; its first lines still say what it is
+    try:
+        return _Parsed(text, yamlsafe.parse(blob, "<file>").data)
+    except yamlsafe.LoadError:
+        return _Parsed(text, None)
+
+
+def _read(path: str) -> _Parsed:
+    """The file at `path`, read once (at most yamlsafe's size limit and a byte) and parsed."""
+    try:
+        with open(path, "rb") as handle:
+            return _parsed(handle.read(yamlsafe.MAX_BYTES + 1))
+    except OSError:
+        return _Parsed("", None)
+
+
 def declares_manifest(text: str) -> bool:
     """Whether YAML text is an mfprefect manifest: its top level has `apiVersion: mfprefect/...`."""
-    data = _data(text)
-    if isinstance(data, dict):
-        version = data.get("apiVersion")
-        return isinstance(version, str) and version.startswith(API_GROUP)
-    return bool(_API_VERSION_LINE.search(text))
+    return _parsed(text.encode("utf-8", "surrogatepass")).is_manifest
 
 
 def named_flow_file(text: str) -> str | None:
     """The manifest's `flow.file` (relative to the manifest), or None when it names none."""
-    data = _data(text)
-    flow = data.get("flow") if isinstance(data, dict) else None
-    file = flow.get("file") if isinstance(flow, dict) else None
-    return file if isinstance(file, str) and file else None
+    return _parsed(text.encode("utf-8", "surrogatepass")).flow_file
 
 
 def exports_from_a_flow(text: str) -> bool:
     """Whether a manifest is one export writes (a Pipeline): workspace kinds (WorkPool,
     ConcurrencyLimit, Variable) are written by hand and have no flow to compare with."""
-    data = _data(text)
-    kind = data.get("kind") if isinstance(data, dict) else None
-    return kind not in RESOURCE_KINDS
-
-
-def _data(text: str) -> object:
-    try:
-        return yamlsafe.parse(text.encode("utf-8", "surrogatepass"), "<file>").data
-    except yamlsafe.LoadError:
-        return None
-
-
-def _read(path: str) -> str:
-    try:
-        return Path(path).read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return ""
+    return _parsed(text.encode("utf-8", "surrogatepass")).exported
 
 
 def is_manifest(path: str) -> bool:
     """Whether the file at `path` declares an mfprefect manifest (whatever its name ends in)."""
-    return declares_manifest(_read(path))
+    return _read(path).is_manifest
 
 
 def yaml_files_in(folder: str) -> list[str]:
@@ -115,6 +136,12 @@ def export_checks(paths: list[str] | tuple[str, ...]) -> Selection:
     """
     selection = Selection()
     seen: set[tuple[str, str]] = set()
+    files: dict[str, _Parsed] = {}  # each file read and parsed once for the whole call
+
+    def read(path: str) -> _Parsed:
+        if path not in files:
+            files[path] = _read(path)
+        return files[path]
 
     def add(flow: str, manifest: str) -> None:
         key = (os.path.realpath(flow), os.path.realpath(manifest))
@@ -123,11 +150,12 @@ def export_checks(paths: list[str] | tuple[str, ...]) -> Selection:
             selection.checks.append(ExportCheck(flow, manifest))
 
     def add_manifest(manifest: str) -> None:
-        if not exports_from_a_flow(_read(manifest)):
+        parsed = read(manifest)
+        if not parsed.exported:
             if manifest not in selection.skipped:
                 selection.skipped.append(manifest)
             return
-        named = named_flow_file(_read(manifest))
+        named = parsed.flow_file
         if named is None:
             selection.problems.append(
                 f"{manifest}: names no flow file (flow.file); run `mfprefect validate {manifest}`"
@@ -142,17 +170,17 @@ def export_checks(paths: list[str] | tuple[str, ...]) -> Selection:
     for given in paths:
         if os.path.isdir(given):
             for candidate in yaml_files_in(given):
-                if is_manifest(candidate):
+                if read(candidate).is_manifest:
                     add_manifest(candidate)
         elif not os.path.isfile(given):
             raise NotCheckable(f"no such file or folder: {given}")
         elif given.endswith(MANIFEST_SUFFIXES):
-            if is_manifest(given):
+            if read(given).is_manifest:
                 add_manifest(given)
             else:
                 selection.skipped.append(given)
         elif given.endswith(FLOW_SUFFIX):
-            manifests = manifests_naming(given)
+            manifests = manifests_naming(given, read)
             if not manifests:
                 selection.skipped.append(given)
             for manifest in manifests:
@@ -162,16 +190,17 @@ def export_checks(paths: list[str] | tuple[str, ...]) -> Selection:
     return selection
 
 
-def manifests_naming(flow: str) -> list[str]:
-    """The manifests in the flow file's folder whose `flow.file` is that flow file."""
+def manifests_naming(flow: str, read: Callable[[str], _Parsed] = _read) -> list[str]:
+    """The manifests in the flow file's folder whose `flow.file` is that flow file (`read`
+    lets a caller that asks for several flows of one folder read each file once)."""
     folder = os.path.dirname(flow) or "."
     target = os.path.realpath(flow)
     found = []
     for candidate in yaml_files_in(folder):
-        text = _read(candidate)
-        if not declares_manifest(text):
+        parsed = read(candidate)
+        if not parsed.is_manifest:
             continue
-        named = named_flow_file(text)
+        named = parsed.flow_file
         if named is not None and os.path.realpath(flow_of(candidate, named)) == target:
             # Shown beside the flow path as given: `flows/a.py` pairs with `flows/a.yaml`.
             found.append(os.path.join(os.path.dirname(flow), os.path.basename(candidate)))
