@@ -59,9 +59,12 @@ def diagnostic_at(
 ) -> Diagnostic:
     """An error found later (by plan, against the server) placed at `where` in the manifest
     file `path`; with no file to point into, one naming `what` instead."""
-    doc = check_file(path)[0] if path else None
-    if doc is not None:
-        return doc.diagnostic(where, rule, message)
+    if path:
+        # Only the position is wanted: parsing is enough (no schema, rules or flow file).
+        try:
+            return yamlsafe.load(path).diagnostic(where, rule, message)
+        except yamlsafe.LoadError:
+            pass
     return Diagnostic(what, 1, 1, ERROR, rule, "", message)
 
 
