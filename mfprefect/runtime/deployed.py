@@ -98,7 +98,7 @@ def this_run(manifest: Manifest, asked: Any, parameters: Mapping[str, Any]) -> R
     `mfprefect trigger --resume`): what it clones is decided here, on the worker, from the
     datastore the run uses. Its environment references are checked with its secrets, later."""
     if isinstance(asked, str):  # a mapping travels as JSON text (see deploy.trigger)
-        asked = json.loads(asked)
+        asked = json.loads(asked) if asked else None
     return resolve(
         manifest,
         parameters,
