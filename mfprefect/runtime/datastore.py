@@ -41,6 +41,10 @@ class Datastore:
             root = os.path.abspath(root)
         return cls(manifest.flow_class, kind, root)
 
+    def __getstate__(self) -> dict[str, Any]:
+        """What the datastore has open is this process's: a pickled copy opens its own."""
+        return {**self.__dict__, "_flow_datastore": None}
+
     def _fds(self) -> Any:
         if self._flow_datastore is None:
             from metaflow.datastore import FlowDataStore

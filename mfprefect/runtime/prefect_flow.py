@@ -33,8 +33,6 @@ class PrefectSteps:
         self.datastore = run.datastore
         self.secrets = dict(run.secrets)
         self.zygote = zygote
-        # Values from references anywhere in the run, masked in every step's output.
-        self.masked: list[str] | None = None
         # Step output waiting to be saved, and the one batch save under way.
         self.unsaved: list[tuple[dict[str, Any], Any]] = []
         self.saver: asyncio.Future[None] | None = None
@@ -77,11 +75,7 @@ class PrefectSteps:
         logger = get_run_logger()
         args = runner.task_command(step, task_id, inputs, split_index, clone_of, attempt)
         env = commands.environment(ctx, None if step == "_parameters" else step, self.secrets.get)
-        if self.masked is None:
-            self.masked = list(self.secrets.values()) + commands.run_secret_values(
-                ctx, self.secrets.get
-            )
-        masked = self.masked
+        masked = list(runner.resolved.masked)
 
         inspect: dict[str, Any] | None = None
         reports = False
@@ -281,8 +275,10 @@ async def _in_flow_run(run: ResolvedRun) -> ResolvedRun:
         secrets=secrets,
     )
     if not run.on_cluster:
-        for step in [None, *manifest.steps]:
-            commands.environment(run.context, step, secrets.get)
+        # Every step's environment, built once here: a reference that cannot be filled fails
+        # the run now, and every value that came from one is masked in every log.
+        found = commands.run_secret_values(run.context, secrets.get)
+        run = dataclasses.replace(run, masked=(*dict.fromkeys([*secrets.values(), *found]),))
     return await _registered(run)
 
 
@@ -326,7 +322,7 @@ async def _registered(run: ResolvedRun) -> ResolvedRun:
         env,
         lambda stream, line: logger.warning(line) if stream == "stderr" else None,
         timeout=300,
-        secrets=list(secrets.values()),
+        secrets=[*run.masked],
     )
     recorded = None
     for line in reversed(outcome.stdout):

@@ -44,22 +44,18 @@ class ResolvedRun:
     # Known only inside the flow run.
     flow_run_id: str | None = None
     secrets: Mapping[str, str] = field(default_factory=dict, repr=False)
+    # Every value that came from a reference (secret or environment), masked in every log.
+    masked: tuple[str, ...] = field(default=(), repr=False)
     # The step launcher, started before the flow run so its imports overlap with ours.
     zygote: Zygote | None = field(default=None, compare=False, repr=False)
 
     def __getstate__(self) -> dict[str, Any]:
         """The run as it travels: a local run's flow holds it, and Prefect pickles the flow
         into every task run it sends to a Dask worker. This process's environment, the secrets,
-        the launcher and what the datastore has open stay here."""
+        the launcher (and what the datastore has open: see Datastore) stay here."""
         state = dict(self.__dict__)
         state.pop("context", None)
-        store = self.datastore
-        state.update(
-            base_env={},
-            secrets={},
-            zygote=None,
-            datastore=Datastore(store.flow_name, store.kind, store.root),
-        )
+        state.update(base_env={}, secrets={}, masked=(), zygote=None)
         return state
 
     @property
