@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 @dataclass
 class Sample:
     seconds: float
-    peak_rss_mb: float
+    peak_mb: float
     run_id: str | None = None
 
 
@@ -60,7 +60,7 @@ class Row:
 
     def peak(self, side: str) -> float:
         samples = self.ours_samples if side == "ours" else self.theirs_samples
-        return statistics.median(s.peak_rss_mb for s in samples) if samples else float("nan")
+        return statistics.median(s.peak_mb for s in samples) if samples else float("nan")
 
 
 def _runner_pids(env: dict[str, str]) -> list[int]:
@@ -430,16 +430,20 @@ def bench_validate(repeat: int, work: Path) -> Row:
     return alternate(
         row,
         repeat,
-        lambda: _measure_any(command + [str(large)], env, work),
-        lambda: _measure_any(command + [str(small)], env, work),
+        lambda: _timed(command + [str(large)], env, work),
+        lambda: _timed(command + [str(small)], env, work),
     )
 
 
-def _measure_any(command: list[str], env: dict[str, str], cwd: Path) -> Sample:
-    """Like measure, for commands whose exit code reports findings (validate, plan)."""
+def _timed(command: list[str], env: dict[str, str], cwd: Path) -> Sample:
+    """Wall time of a command that must exit 0 (for validate and plan: nothing found, nothing
+    to change), without sampling its memory."""
     started = time.perf_counter()
-    subprocess.run(command, env=env, cwd=cwd, capture_output=True)
-    return Sample(time.perf_counter() - started, 0.0)
+    done = subprocess.run(command, env=env, cwd=cwd, capture_output=True, text=True)
+    elapsed = time.perf_counter() - started
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} exited {done.returncode}:\n{done.stderr[-3000:]}")
+    return Sample(elapsed, 0.0)
 
 
 def _gitops_bench_server(work: Path) -> dict[str, str]:
@@ -506,10 +510,10 @@ def bench_gitops(repeat: int, work: Path) -> list[Row]:
     alternate(
         plan_row,
         repeat,
-        lambda: _measure_any(
+        lambda: _timed(
             [sys.executable, "-m", "mfprefect.cli", "plan", str(work / "fifty0")], env, work
         ),
-        lambda: _measure_any(
+        lambda: _timed(
             [sys.executable, "-m", "mfprefect.cli", "plan", str(work / "one0")], env, work
         ),
     )
@@ -573,10 +577,10 @@ def bench_workspace(repeat: int, work: Path) -> list[Row]:
         alternate(
             row,
             repeat,
-            lambda verb=verb: _measure_any(  # type: ignore[misc]
+            lambda verb=verb: _timed(  # type: ignore[misc]
                 [sys.executable, "-m", "mfprefect.cli", verb, str(big), "--set", "big"], env, work
             ),
-            lambda verb=verb: _measure_any(  # type: ignore[misc]
+            lambda verb=verb: _timed(  # type: ignore[misc]
                 [sys.executable, "-m", "mfprefect.cli", verb, str(one), "--set", "one"], env, work
             ),
         )
@@ -1079,7 +1083,7 @@ def table(rows: list[Row], repeat: int) -> str:
         ratio = row.median("ours") / theirs if row.theirs_samples else float("nan")
         theirs_peak = f"{row.peak('theirs'):.0f}" if row.theirs_samples else "-"
         memory = (
-            f"{row.peak('ours'):.0f} / {theirs_peak}" if row.ours_samples[0].peak_rss_mb else "-"
+            f"{row.peak('ours'):.0f} / {theirs_peak}" if row.ours_samples[0].peak_mb else "-"
         )
         theirs_text = f"{theirs:.2f}" if row.theirs_samples else "-"
         ratio_text = f"{ratio:.2f}x" if row.theirs_samples else "-"
