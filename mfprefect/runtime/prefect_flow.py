@@ -50,7 +50,7 @@ class PrefectSteps:
         clone_of: str | None = None,
     ) -> engine.TaskResult:
         options = step_tasks.task_options(self.manifest, step, indices, clone_of)
-        runnable: Any = task(_attempt, **options)
+        runnable: Any = task(_step_task, **options)
         # Prefect walks every argument of a task looking for futures and states; these two (the
         # whole resolved run, its manifest and environment) are quoted so that they are not:
         # about 1,200 objects visited per task otherwise, a second of CPU per 100 tasks. The
@@ -208,7 +208,7 @@ class PrefectSteps:
         )
 
 
-async def _attempt(
+async def _step_task(
     steps: PrefectSteps,
     runner: engine.Runner,
     step: str,

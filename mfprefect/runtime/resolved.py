@@ -98,17 +98,19 @@ def resolve(
 ) -> ResolvedRun:
     """The run of `manifest` with `parameters` (a resume of `clone_run_id` with a step to
     re-run); UsageError for unknown or missing parameters, an unknown origin run or step, and
-    whatever `check` refuses, all before a local datastore's folder is made."""
+    whatever `check` refuses. A fresh run's local datastore folder is made only after all of
+    them (a resume reads its origin from the datastore, so that comes first there)."""
     datastore = None
-    origin = resume.Origin("")
+    origin_parameters: Mapping[str, Any] = {}
     clones: resume.Clones = {}
     if clone_run_id:
         datastore = Datastore.for_manifest(manifest)
         origin = resume.read_origin(manifest, clone_run_id, datastore)
         clones = resume.reused(manifest, origin, step_to_rerun, parameters)
+        origin_parameters = origin.parameters
     elif step_to_rerun:
         raise UsageError("a step to re-run needs the run to resume (--clone-run-id)")
-    values = commands.parameter_values(manifest, {**origin.parameters, **parameters})
+    values = commands.parameter_values(manifest, {**origin_parameters, **parameters})
     if check is not None:
         check(manifest, env)
     return ResolvedRun(
