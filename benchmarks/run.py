@@ -1082,9 +1082,7 @@ def table(rows: list[Row], repeat: int) -> str:
         theirs = row.median("theirs")
         ratio = row.median("ours") / theirs if row.theirs_samples else float("nan")
         theirs_peak = f"{row.peak('theirs'):.0f}" if row.theirs_samples else "-"
-        memory = (
-            f"{row.peak('ours'):.0f} / {theirs_peak}" if row.ours_samples[0].peak_mb else "-"
-        )
+        memory = f"{row.peak('ours'):.0f} / {theirs_peak}" if row.ours_samples[0].peak_mb else "-"
         theirs_text = f"{theirs:.2f}" if row.theirs_samples else "-"
         ratio_text = f"{ratio:.2f}x" if row.theirs_samples else "-"
         lines.append(
