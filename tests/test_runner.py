@@ -427,7 +427,8 @@ def test_an_idle_runner_exits_by_itself(server: dict[str, str], tmp_path: Path) 
         tmp_path,
         MFPREFECT_HOME=str(home),
         PREFECT_API_URL=server["_API_URL"],
-        MFPREFECT_RUNNER_IDLE_SECONDS="1",
+        # Long enough to list its template before it goes, short enough to wait for.
+        MFPREFECT_RUNNER_IDLE_SECONDS="4",
     )
     result = flow_cli(FAULT_FLOW, "prefect", "run", env=env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
