@@ -6,9 +6,12 @@ import json
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..manifest import Manifest
+if TYPE_CHECKING:
+    # For types only: forked steps and datastore calls import this module, and the manifest
+    # package (with its YAML parser) would cost each of them about 20 ms.
+    from ..manifest import Manifest
 
 
 def cards_root(root: str) -> str:

@@ -87,16 +87,40 @@ def fork_compatible(step_env: Mapping[str, str], zygote_env: Mapping[str, str]) 
 # The zygote process
 
 
-def _preload() -> dict[str, Any]:
-    """Import what every step command imports, so a forked child starts with it loaded.
+# What a step command imports after `import metaflow`, short of metaflow.cli (it builds its
+# options from the flow class defined before its import, and step_cmd imports it), found by
+# comparing sys.modules in a step before and after it ran. Imported once in the template,
+# each step shares them instead of importing (and owning) a copy of its own.
+_STEP_MODULES = (
+    "metaflow.cli_components.utils",
+    "metaflow.clone_util",
+    "metaflow.lint",
+    "metaflow.procpoll",
+    "metaflow.pylint_wrapper",
+    "metaflow.runtime",
+    "metaflow.system",
+    "metaflow.task",
+)
 
-    Not metaflow.cli: it builds its options from the flow class defined before its import.
+
+def _preload() -> dict[str, Any]:
+    """Import what every step command and datastore call imports, so a forked child starts
+    with it loaded.
+
     Returns what the imports put into `__main__` (Metaflow puts its picklable named tuples
     there), to be given to the flow file's own `__main__`.
     """
+    import importlib
+
     main = vars(sys.modules["__main__"])
     before = set(main)
     import metaflow  # noqa: F401
+
+    for name in _STEP_MODULES:
+        with contextlib.suppress(ImportError):
+            importlib.import_module(name)
+    # Each step's report and each log save call the datastore module.
+    from . import datastore  # noqa: F401
 
     freeze_heap()
     return {name: main[name] for name in set(main) - before}
