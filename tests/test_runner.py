@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import flow_cli, mfprefect, run
+from conftest import flow_cli, mfprefect, prefect_api, run
 
 from mfprefect.runtime.zygote import fork_compatible
 
@@ -270,6 +270,36 @@ def test_runs_from_two_terminals_run_at_once_and_ctrl_c_stops_only_its_own(
                 command.send_signal(signal.SIGINT)
                 command.communicate(timeout=60)
     assert _wait_gone([p for pids in steps for p in pids]) == []
+
+
+def _flow_run_logs(server: dict[str, str], output: str) -> int:
+    match = re.search(r"/runs/flow-run/([0-9a-f-]{36})", output)
+    assert match, output[-3000:]
+    body = {"logs": {"flow_run_id": {"any_": [match.group(1)]}}, "limit": 200}
+    return len(prefect_api(server["_API_URL"], "POST", "/logs/filter", body))
+
+
+def test_a_run_takes_the_prefect_settings_of_its_own_folder(
+    server: dict[str, str], tmp_path: Path
+) -> None:
+    """The runner built its Prefect settings once, in its own folder; a run from a folder
+    whose prefect.toml says otherwise gets that folder's settings (runtime/prefect_settings.py),
+    and the next run from a plain folder gets the runner's again."""
+    quiet, plain = tmp_path / "quiet", tmp_path / "plain"
+    for folder in (quiet, plain):
+        folder.mkdir()
+    (quiet / "prefect.toml").write_text("[logging.to_api]\nenabled = false\n")
+    outputs = {}
+    for folder in (quiet, plain):
+        result = flow_cli(FAULT_FLOW, "prefect", "run", env=_env(server, folder), cwd=folder)
+        assert result.returncode == 0, result.stderr[-3000:]
+        outputs[folder] = result.stderr
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and _flow_run_logs(server, outputs[plain]) == 0:
+        time.sleep(0.5)
+    assert _flow_run_logs(server, outputs[plain]) > 0
+    # By now the quiet run's logs would have arrived too, had it sent any.
+    assert _flow_run_logs(server, outputs[quiet]) == 0
 
 
 def test_a_step_that_changes_metaflow_settings_gets_a_fresh_interpreter(

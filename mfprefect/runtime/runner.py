@@ -44,7 +44,7 @@ from typing import Any
 
 from ..errors import ManifestError, MfprefectError, RuntimeFailure, UsageError
 from ..manifest import Manifest
-from . import waiter
+from . import prefect_settings, waiter
 from .datastore import Datastore
 from .engine import RunSummary
 from .processes import die_with_parent, peer_uid, receive_with_fds, send_with_fds
@@ -321,6 +321,11 @@ def serve(key: str) -> int:
                 pid_file.unlink()
 
 
+# What the runner's Prefect settings were built from (see prefect_settings), taken before
+# Prefect is imported: a change during the import can only make a run rebuild them.
+_settings_sources: tuple[object, ...] = ()
+
+
 def _preload() -> None:
     """Import Prefect once: its flow and task engines, and what they import during a run.
 
@@ -328,6 +333,9 @@ def _preload() -> None:
     here: Metaflow reads its settings at import, so each run process imports it itself.
     """
     import importlib
+
+    global _settings_sources
+    _settings_sources = prefect_settings.sources(os.getcwd(), os.environ)
 
     from . import prefect_flow  # noqa: F401
 
@@ -532,9 +540,10 @@ def _run_request(
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(AttributeError, ValueError):
             stream.reconfigure(line_buffering=True)  # type: ignore[union-attr]
-    import prefect.context
+    if prefect_settings.sources(request["cwd"], request["env"]) != _settings_sources:
+        import prefect.context
 
-    prefect.context.refresh_global_settings_context()
+        prefect.context.refresh_global_settings_context()
     signal.signal(signal.SIGINT, signal.default_int_handler)
     finished = threading.Event()
     threading.Thread(target=_stop_when_command_goes, args=(conn, finished), daemon=True).start()
