@@ -11,6 +11,7 @@ from typing import Any
 from ..manifest import Manifest
 from . import runner
 from .engine import RunSummary
+from .prefect_settings import profiles_path
 
 
 def profile_api_url() -> str | None:
@@ -19,10 +20,8 @@ def profile_api_url() -> str | None:
         import tomllib
     except ImportError:  # Python 3.10: no TOML reader in the standard library
         return None
-    home = Path(os.environ.get("PREFECT_HOME", Path.home() / ".prefect"))
-    path = Path(os.environ.get("PREFECT_PROFILES_PATH", home / "profiles.toml"))
     try:
-        profiles = tomllib.loads(path.read_text(encoding="utf-8"))
+        profiles = tomllib.loads(Path(profiles_path(os.environ)).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     active = os.environ.get("PREFECT_PROFILE") or profiles.get("active")

@@ -21,13 +21,13 @@ def sources(cwd: str, env: Mapping[str, str]) -> tuple[object, ...]:
         _content(os.path.join(cwd, "prefect.toml")),
         _prefect_table(os.path.join(cwd, "pyproject.toml")),
     )
-    profiles = _profiles_path(env)
+    profiles = profiles_path(env)
     return variables, folder, profiles, _content(profiles)
 
 
-def _profiles_path(env: Mapping[str, str]) -> str:
-    """Where Prefect looks for profiles when the folder's files do not say (if they do, they
-    are part of the sources anyway)."""
+def profiles_path(env: Mapping[str, str]) -> str:
+    """Where Prefect looks for its profiles file, by the variables alone (a folder's settings
+    files may say otherwise; for sources() they count anyway)."""
     if env.get("PREFECT_PROFILES_PATH"):
         return env["PREFECT_PROFILES_PATH"]
     home = env.get("PREFECT_HOME") or os.path.join(env.get("HOME", "~"), ".prefect")
