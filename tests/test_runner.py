@@ -19,7 +19,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import flow_cli, mfprefect, prefect_api, run
+from conftest import flow_cli, mfprefect, run
+from prefect_stack import all_logs
 
 from mfprefect.runtime.zygote import fork_compatible
 
@@ -275,8 +276,7 @@ def test_runs_from_two_terminals_run_at_once_and_ctrl_c_stops_only_its_own(
 def _flow_run_logs(server: dict[str, str], output: str) -> int:
     match = re.search(r"/runs/flow-run/([0-9a-f-]{36})", output)
     assert match, output[-3000:]
-    body = {"logs": {"flow_run_id": {"any_": [match.group(1)]}}, "limit": 200}
-    return len(prefect_api(server["_API_URL"], "POST", "/logs/filter", body))
+    return len(all_logs({"PREFECT_API_URL": server["_API_URL"]}, [match.group(1)]))
 
 
 def test_a_run_takes_the_prefect_settings_of_its_own_folder(
