@@ -734,6 +734,7 @@ def _deploy_stack(work: Path, worker_env: dict[str, str] | None = None) -> Any:
     """S3 on moto, mfprefect's local server and a process worker polling `bench-deploy` every
     second, in `work`; yields the environment that reaches them."""
     from mfprefect.runtime import local_server
+    from mfprefect.runtime.processes import stop_group
 
     env = base_env(work)
     os.environ["MFPREFECT_HOME"] = env["MFPREFECT_HOME"]
@@ -769,12 +770,13 @@ def _deploy_stack(work: Path, worker_env: dict[str, str] | None = None) -> Any:
         )
         yield env
     finally:
+        # A Prefect worker now and then catches SIGTERM and never exits: SIGKILL after 30 s.
         if worker is not None:
-            os.killpg(worker.pid, 15)
-            worker.wait(timeout=30)
+            stop_group(worker.pid, 30, lambda: worker.poll() is not None)
+            worker.wait()
         local_server.stop_server()
-        os.killpg(s3.pid, 15)
-        s3.wait(timeout=30)
+        stop_group(s3.pid, 30, lambda: s3.poll() is not None)
+        s3.wait()
 
 
 def _apply(manifest: Path, env: dict[str, str]) -> None:
